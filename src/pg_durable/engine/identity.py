@@ -1,0 +1,165 @@
+"""Running a step as the role that submitted it, inescapably.
+
+Each submitting role gets one function ``df_exec.run_<role oid>(sql, returns_rows)``: SECURITY
+DEFINER, owned by that role, in a schema no other role may use. Inside a security-definer
+function PostgreSQL refuses ``SET ROLE``, ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` and
+``set_config('role', …)`` — also in anything the statement calls — so the step has exactly the
+privileges of its submitter and cannot leave them. The worker needs no password of the role and
+no ``trust`` in pg_hba.conf.
+
+The function returns each row as ``row_to_json`` text. Column names and types come from a
+protocol-level Describe of the statement (Parse only, nothing executes), done under ``SET LOCAL
+ROLE`` so names resolve as the submitter would resolve them; it also rejects multi-statement
+strings. Descriptions are cached per (role, statement text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+from psycopg.errors import error_from_result
+from psycopg.generators import execute
+from psycopg.rows import tuple_row
+
+from pg_durable.graph.sqlresult import Column
+from pg_durable.queries import query
+
+logger = logging.getLogger(__name__)
+
+EXEC_SCHEMA = "df_exec"
+AnyConn = psycopg.AsyncConnection[Any]
+_DESCRIBE_CACHE_SIZE = 4096
+# Serialises concurrent creation of one role's function by several workers.
+_ENSURE_LOCK_CLASS = 0x50474446
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """The submitting role of an instance, as resolved when its graph was loaded."""
+
+    oid: int
+    name: str
+
+    @property
+    def function(self) -> str:
+        return f"run_{self.oid}"
+
+    @property
+    def signature(self) -> str:
+        return f"{EXEC_SCHEMA}.{self.function}(text,boolean)"
+
+
+class StepRunner:
+    """Creates the per-role functions and runs statements through them. Shared by all slots."""
+
+    def __init__(self) -> None:
+        # The control connection is shared by all slots: one DDL transaction at a time.
+        self._lock = asyncio.Lock()
+        self._ensured: set[int] = set()
+        self._described: OrderedDict[tuple[int, str], tuple[Column, ...]] = OrderedDict()
+
+    def forget(self, role: Role) -> None:
+        """Drop what we know about ``role`` (its function vanished, e.g. DROP OWNED BY)."""
+        self._ensured.discard(role.oid)
+        for key in [k for k in self._described if k[0] == role.oid]:
+            del self._described[key]
+
+    async def ensure_function(self, conn: AnyConn, role: Role) -> None:
+        """Create ``role``'s step function unless it exists; ``conn`` is an autocommit control
+        connection (DDL stays out of step transactions)."""
+        if role.oid in self._ensured:
+            return
+        async with self._lock, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (_ENSURE_LOCK_CLASS, role.oid % 2**31)
+            )
+            cur = await conn.execute(query("exec_function"), {"signature": role.signature})
+            row = await cur.fetchone()
+            if row is None or not row["present"]:
+                names = {
+                    "function": sql.Identifier(EXEC_SCHEMA, role.function),
+                    "role": sql.Identifier(role.name),
+                }
+                for name in ("create_exec_function", "revoke_exec_function", "own_exec_function"):
+                    await conn.execute(sql.SQL(query(name)).format(**names))
+                logger.info(
+                    "created step function %s for role %s",
+                    role.signature,
+                    role.name,
+                    extra={"action": "create_exec_function"},
+                )
+        self._ensured.add(role.oid)
+
+    async def role_exists(self, conn: AnyConn, role: Role) -> bool:
+        """Whether ``role`` still exists (on the control connection)."""
+        async with self._lock:
+            cur = await conn.execute(query("role_exists"), {"oid": role.oid})
+            return await cur.fetchone() is not None
+
+    async def describe(self, conn: AnyConn, role: Role, text: str) -> tuple[Column, ...]:
+        """Column names and types of ``text`` as ``role`` sees it (inside the current txn)."""
+        key = (role.oid, text)
+        cached = self._described.get(key)
+        if cached is not None:
+            self._described.move_to_end(key)
+            return cached
+        await conn.execute("SELECT pg_catalog.set_config('role', %s, true)", (role.name,))
+        columns = await _describe(conn, text)
+        await conn.execute("RESET ROLE")
+        self._described[key] = columns
+        if len(self._described) > _DESCRIBE_CACHE_SIZE:
+            self._described.popitem(last=False)
+        return columns
+
+    def invalidate(self, role: Role, text: str) -> None:
+        """Forget the description of ``text`` (the statement's result shape changed)."""
+        self._described.pop((role.oid, text), None)
+
+    async def run(
+        self,
+        conn: AnyConn,
+        role: Role,
+        text: str,
+        returns_rows: bool,
+    ) -> list[str]:
+        """Execute ``text`` as ``role``; returns one JSON text per row."""
+        stmt = sql.SQL("SELECT {}(%s, %s)::text").format(sql.Identifier(EXEC_SCHEMA, role.function))
+        cur = conn.cursor(row_factory=tuple_row)
+        await cur.execute(stmt, (text, returns_rows))
+        return [str(r[0]) for r in await cur.fetchall()]
+
+    async def run_autocommit(self, conn: AnyConn, role: Role, text: str) -> None:
+        """Run one of the statements PostgreSQL refuses in a transaction block (the caller has
+        checked it with ``sqltext.needs_autocommit``), as ``role``, on an autocommit
+        connection. ``SET ROLE`` is safe here because such statements run no user code except
+        under PostgreSQL's own security-restricted context."""
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role.name)))
+        try:
+            await conn.execute(text.encode(), prepare=False)
+        finally:
+            await conn.execute("RESET ROLE")
+            await conn.execute("RESET ALL")
+
+
+async def _describe(conn: AnyConn, text: str) -> tuple[Column, ...]:
+    pgconn = conn.pgconn
+    encoding = conn.info.encoding
+    async with conn.lock:
+        pgconn.send_prepare(b"", text.encode(encoding))
+        (result,) = await conn.wait(execute(pgconn))
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise error_from_result(result, encoding=encoding)
+        pgconn.send_describe_prepared(b"")
+        (result,) = await conn.wait(execute(pgconn))
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise error_from_result(result, encoding=encoding)
+        return tuple(
+            Column((result.fname(i) or b"").decode(encoding), result.ftype(i))
+            for i in range(result.nfields)
+        )

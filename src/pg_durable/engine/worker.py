@@ -1,0 +1,418 @@
+"""The worker: slots that claim and run fibers, a listener, a heartbeat and a sweeper.
+
+Each slot owns one database connection and runs one step at a time, so ``concurrency`` slots
+run that many steps at once. Slots wake on ``NOTIFY pg_durable`` (sent by df.start's trigger
+and by steps that make work runnable) and poll as a fallback — NOTIFY is a hint, the rows are
+the truth. A lost connection (PostgreSQL restarted, backend terminated) is logged once and
+re-established with exponential backoff; the step in flight is rolled back by PostgreSQL and
+runs again, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pg_durable import __version__
+from pg_durable.engine.executor import AConn, Connections, Continue, Executor
+from pg_durable.engine.identity import StepRunner
+from pg_durable.errors import SchemaError
+from pg_durable.queries import query
+from pg_durable.schema import SCHEMA_VERSION
+from pg_durable.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "pg_durable"
+_SWEEP_INTERVAL = 30.0
+# Session settings of every worker connection: results are rendered in UTC/ISO, and df.*
+# guards know they run inside a workflow. RESET ALL after each step returns to these.
+_STEP_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c df.in_workflow=true"
+
+
+@dataclass(slots=True)
+class Slot:
+    index: int
+    conns: Connections | None = None
+    instance_id: str | None = None
+    scope: str | None = None
+    task: asyncio.Task[None] | None = None
+    busy: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker:
+    """Executes workflows until :meth:`request_stop` is called."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.id = uuid.uuid4()
+        self.executor = Executor(StepRunner())
+        self._slots = [Slot(i) for i in range(settings.concurrency)]
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Condition()
+        self._control: AConn | None = None
+        self._ddl: AConn | None = None
+        self._control_lock = asyncio.Lock()
+        self._ddl_lock = asyncio.Lock()
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self.started = asyncio.Event()
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {"worker_id": str(self.id)}
+
+    def request_stop(self) -> None:
+        """Stop claiming work; in-flight steps get ``shutdown_grace`` seconds to finish."""
+        if not self._stopping.is_set():
+            logger.info("stopping worker", extra={"action": "worker_stopping", **self.log_extra})
+        self._stopping.set()
+
+    # -- connections ----------------------------------------------------------------------
+    async def _connect(self, purpose: str, *, step: bool = False) -> AConn:
+        conn = await psycopg.AsyncConnection.connect(
+            self.settings.dsn,
+            autocommit=True,
+            row_factory=dict_row,
+            application_name=f"pg_durable:worker:{purpose}",
+            options=_STEP_OPTIONS if step else "-c TimeZone=UTC",
+        )
+        return conn
+
+    async def _control_conn(self) -> AConn:
+        if self._control is None or self._control.closed or self._control.broken:
+            self._control = await self._connect("management")
+        return self._control
+
+    async def _ddl_conn(self) -> AConn:
+        """The connection slots share for step-function DDL (serialised by the StepRunner)."""
+        # Slots start together: without the lock each would open (and leak) its own.
+        async with self._ddl_lock:
+            if self._ddl is None or self._ddl.closed or self._ddl.broken:
+                if self._ddl is not None:
+                    await self._ddl.close()
+                self._ddl = await self._connect("management")
+            return self._ddl
+
+    async def _check_schema(self) -> None:
+        conn = await self._control_conn()
+        try:
+            cur = await conn.execute(query("schema_version"))
+            row = await cur.fetchone()
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(
+                "the df schema is not installed in this database: run `pg-durable install`"
+            ) from exc
+        version = None if row is None else row["value"]
+        if version != SCHEMA_VERSION:
+            raise SchemaError(
+                f"this worker needs df schema {SCHEMA_VERSION} but the database has {version}: "
+                "run `pg-durable install` to upgrade it"
+            )
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until stopped. Raises if the database cannot be reached at start-up."""
+        await self._check_schema()
+        conn = await self._control_conn()
+        await conn.execute(
+            query("register_worker"),
+            {
+                "id": self.id,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "version": __version__,
+                "concurrency": self.settings.concurrency,
+            },
+        )
+        logger.info(
+            "worker started with %d slots",
+            self.settings.concurrency,
+            extra={"action": "worker_started", **self.log_extra},
+        )
+        self._side_tasks = [
+            asyncio.create_task(
+                self._resilient("listener", self._listen), name="pg_durable-listener"
+            ),
+            asyncio.create_task(
+                self._resilient("heartbeat", self._heartbeat), name="pg_durable-heartbeat"
+            ),
+            asyncio.create_task(self._resilient("sweeper", self._sweep), name="pg_durable-sweeper"),
+        ]
+        for slot in self._slots:
+            slot.task = asyncio.create_task(
+                self._slot_loop(slot), name=f"pg_durable-slot-{slot.index}"
+            )
+        self.started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        async with self._wake:
+            self._wake.notify_all()
+        slot_tasks = [s.task for s in self._slots if s.task is not None]
+        _done, pending = (
+            await asyncio.wait(slot_tasks, timeout=self.settings.shutdown_grace)
+            if slot_tasks
+            else (set(), set())
+        )
+        if pending:
+            logger.warning(
+                "cancelling %d steps still running after the grace period",
+                len(pending),
+                extra={"action": "worker_cancel_steps", **self.log_extra},
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._side_tasks:
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        with contextlib.suppress(psycopg.Error):
+            conn = await self._control_conn()
+            await asyncio.shield(conn.execute(query("stop_worker"), {"id": self.id}))
+        for slot in self._slots:
+            await _close(slot.conns)
+        for conn in (self._control, self._ddl):
+            if conn is not None:
+                await conn.close()
+        logger.info("worker stopped", extra={"action": "worker_stopped", **self.log_extra})
+
+    async def _resilient(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run a side task forever, reconnecting with backoff when the database goes away."""
+        backoff = _Backoff(self.settings.reconnect_max_backoff)
+        while not self._stopping.is_set():
+            try:
+                await body()
+                backoff.reset()
+            except psycopg.OperationalError as exc:
+                delay = backoff.next()
+                logger.warning(
+                    "%s lost its connection (%s); retrying in %.1fs",
+                    name,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    delay,
+                    extra={"action": "reconnect", **self.log_extra},
+                )
+                await self._sleep_or_stop(delay)
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- side tasks -----------------------------------------------------------------------
+    async def _listen(self) -> None:
+        conn = await self._connect("poll")
+        try:
+            await conn.execute(f"LISTEN {CHANNEL}")
+            # Anything committed while we were not listening: look once.
+            await self._notify_slots()
+            async for note in conn.notifies():
+                payload = note.payload
+                if payload == "work":
+                    await self._notify_slots()
+                elif payload.startswith("cancel:"):
+                    await self._cancel_running(lambda s, i=payload[7:]: s.instance_id == i)
+                elif payload.startswith("cancel-scope:"):
+                    scope = payload[len("cancel-scope:") :]
+                    await self._cancel_running(
+                        lambda s, sc=scope: (
+                            s.scope is not None and (s.scope == sc or s.scope.startswith(sc + "::"))
+                        )
+                    )
+        finally:
+            await conn.close()
+
+    async def _heartbeat(self) -> None:
+        while not self._stopping.is_set():
+            async with self._control_lock:
+                conn = await self._control_conn()
+                await conn.execute(query("heartbeat"), {"id": self.id})
+            await self._sleep_or_stop(self.settings.heartbeat_interval)
+
+    async def _sweep(self) -> None:
+        while not self._stopping.is_set():
+            async with self._control_lock:
+                conn = await self._control_conn()
+                await conn.execute(query("sweep"))
+            await self._sleep_or_stop(_SWEEP_INTERVAL)
+
+    async def _notify_slots(self) -> None:
+        async with self._wake:
+            self._wake.notify_all()
+
+    async def _cancel_running(self, match: Callable[[Slot], bool]) -> None:
+        for slot in self._slots:
+            if slot.busy and slot.conns is not None and match(slot):
+                slot.conns.cancel_requested = True
+                with contextlib.suppress(psycopg.Error):
+                    await slot.conns.conn.cancel_safe()
+
+    # -- slots ----------------------------------------------------------------------------
+    async def _slot_loop(self, slot: Slot) -> None:
+        backoff = _Backoff(self.settings.reconnect_max_backoff)
+        while not self._stopping.is_set():
+            try:
+                if slot.conns is None or slot.conns.conn.closed or slot.conns.conn.broken:
+                    await _close(slot.conns)
+                    slot.conns = Connections(
+                        conn=await self._connect("workflow-sql", step=True),
+                        control=await self._ddl_conn(),
+                        open_side=lambda: self._connect("workflow-sql", step=True),
+                    )
+                    if backoff.failures:
+                        logger.info(
+                            "slot %d reconnected",
+                            slot.index,
+                            extra={"action": "reconnected", **self.log_extra},
+                        )
+                found = await self._run_available(slot)
+                backoff.reset()
+                if not found:
+                    await self._idle(slot)
+            except asyncio.CancelledError:
+                raise
+            except psycopg.OperationalError as exc:
+                await _close(slot.conns)
+                slot.conns = None
+                delay = backoff.next()
+                if backoff.failures == 1:
+                    logger.warning(
+                        "slot %d lost its connection (%s); reconnecting",
+                        slot.index,
+                        _first_line(exc),
+                        extra={"action": "reconnect", **self.log_extra},
+                    )
+                await self._sleep_or_stop(delay)
+            except Exception as exc:
+                await self._internal_error(slot, exc)
+            finally:
+                slot.busy = False
+                slot.instance_id = slot.scope = None
+
+    async def _run_available(self, slot: Slot) -> bool:
+        """Claim and run fibers until none is runnable; False if nothing was found."""
+        assert slot.conns is not None
+        conn = slot.conns.conn
+        found = False
+        while not self._stopping.is_set():
+            await conn.execute("BEGIN")
+            cur = await conn.execute(query("claim"))
+            row = await cur.fetchone()
+            if row is None:
+                await conn.execute("ROLLBACK")
+                return found
+            found = True
+            next_step: Continue | None = await self._process(slot, row)
+            while next_step is not None and not self._stopping.is_set():
+                await conn.execute("BEGIN")
+                cur = await conn.execute(
+                    query("claim_scope"), {"scope": next_step.scope, "version": next_step.version}
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    await conn.execute("ROLLBACK")
+                    break
+                next_step = await self._process(slot, row)
+        return found
+
+    async def _process(self, slot: Slot, row: dict[str, Any]) -> Continue | None:
+        assert slot.conns is not None
+        slot.busy = True
+        slot.instance_id = str(row["instance_id"])
+        slot.scope = str(row["scope"])
+        slot.conns.cancel_requested = False
+        if slot.conns.side is None or slot.conns.side.closed:
+            slot.conns.side = None
+        try:
+            return await self.executor.process(slot.conns, row)
+        except psycopg.errors.QueryCanceled:
+            if not slot.conns.cancel_requested:
+                raise
+            await slot.conns.conn.execute("ROLLBACK")
+            return None
+        finally:
+            slot.busy = False
+
+    async def _idle(self, slot: Slot) -> None:
+        assert slot.conns is not None
+        timeout = self.settings.poll_interval
+        cur = await slot.conns.conn.execute(query("next_run_at"))
+        row = await cur.fetchone()
+        due = None if row is None else next(iter(row.values()))
+        if due is not None:
+            timeout = max(0.0, min(timeout, float(due)))
+        if timeout <= 0:
+            return
+        async with self._wake:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _internal_error(self, slot: Slot, exc: Exception) -> None:
+        instance_id = slot.instance_id
+        logger.error(
+            "internal error while running instance %s: %s",
+            instance_id,
+            exc,
+            exc_info=exc,
+            extra={"action": "internal_error", "instance_id": instance_id or "", **self.log_extra},
+        )
+        await _close(slot.conns)
+        slot.conns = None
+        if instance_id is None:
+            await self._sleep_or_stop(1.0)
+            return
+        # Fail the instance rather than retrying a step that crashes the worker forever.
+        with contextlib.suppress(psycopg.Error):
+            async with self._control_lock:
+                conn = await self._control_conn()
+                await conn.execute(
+                    query("fail_instance"),
+                    {
+                        "instance_id": instance_id,
+                        "message": f"internal error in the pg_durable worker: {type(exc).__name__}: {exc}",
+                    },
+                )
+
+
+class _Backoff:
+    """Exponential backoff with jitter: 0.1 s, 0.2 s, … up to ``ceiling``."""
+
+    def __init__(self, ceiling: float) -> None:
+        self.ceiling = ceiling
+        self.failures = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        base = min(self.ceiling, 0.1 * 2 ** (self.failures - 1))
+        return float(base * (0.5 + random.random() / 2))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def _close(conns: Connections | None) -> None:
+    if conns is None:
+        return
+    for conn in (conns.conn, conns.side):
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(Exception):
+                await conn.close()

@@ -1,0 +1,1 @@
+"""The workflow graph in Python: model, interpreter, substitution, truthiness — no I/O."""

@@ -1,0 +1,205 @@
+"""The workflow graph as the worker sees it: nodes loaded from df.nodes, checked once.
+
+``df.start`` validates graphs built with the DSL, but a role holding INSERT on df.nodes can
+hand-build rows, so the worker checks again what it needs to run safely (known types, children
+that exist, a tree reachable from the root, well-formed configs) and fails the instance with a
+clear reason instead of crashing on a malformed row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from pg_durable.errors import GraphError
+
+LEAF_TYPES: Final = frozenset(
+    {"SQL", "SLEEP", "WAIT_SCHEDULE", "BREAK", "HTTP", "HTTP_MULTIPART", "SIGNAL"}
+)
+NODE_TYPES: Final = LEAF_TYPES | {"THEN", "IF", "JOIN", "LOOP", "RACE"}
+#: Node types whose named result is stored (SLEEP, WAIT_SCHEDULE and BREAK ignore `|=>`).
+STORES_RESULT: Final = frozenset(
+    {"SQL", "THEN", "IF", "JOIN", "RACE", "LOOP", "SIGNAL", "HTTP", "HTTP_MULTIPART"}
+)
+MAX_DEPTH: Final = 256
+MAX_NODES: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One df.nodes row, as loaded."""
+
+    id: str
+    node_type: str
+    query: str | None
+    result_name: str | None
+    left_node: str | None
+    right_node: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A checked node. ``children`` lists child ids in execution order per node type."""
+
+    id: str
+    type: str
+    query: str | None
+    result_name: str | None
+    left: str | None = None
+    right: str | None = None
+    condition: str | None = None
+    extras: tuple[str, ...] = ()
+    #: SLEEP seconds.
+    seconds: int = 0
+    #: BREAK: the raw break value text (None for `df.break()`).
+    break_value: str | None = None
+    #: IF built with df.if_rows: the result name it tests.
+    rows_of: str | None = None
+
+    @property
+    def children(self) -> tuple[str, ...]:
+        if self.type == "THEN" or self.type == "RACE":
+            return tuple(c for c in (self.left, self.right) if c)
+        if self.type == "JOIN":
+            return tuple(c for c in (self.left, self.right) if c) + self.extras
+        if self.type == "IF":
+            return tuple(c for c in (self.condition, self.left, self.right) if c)
+        if self.type == "LOOP":
+            return tuple(c for c in (self.left, self.condition) if c)
+        return ()
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """Parallel branches of a JOIN or RACE, in branch order."""
+        return tuple(c for c in (self.left, self.right) if c) + self.extras
+
+
+@dataclass(slots=True)
+class Graph:
+    """An instance's checked graph plus the parent of every node."""
+
+    instance_id: str
+    root: str
+    nodes: dict[str, Node]
+    parent: dict[str, str] = field(default_factory=dict)
+    #: Nodes that are the condition of an IF or of a while-loop.
+    conditions: frozenset[str] = frozenset()
+
+    def node(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+    @classmethod
+    def from_rows(cls, instance_id: str, root: str, rows: Iterable[NodeRow]) -> Graph:
+        """Check and build the graph of ``instance_id``; raises GraphError with the reason."""
+        by_id: dict[str, NodeRow] = {}
+        for row in rows:
+            if row.id in by_id:
+                raise GraphError(f"node {row.id} appears twice")
+            by_id[row.id] = row
+        if len(by_id) > MAX_NODES:
+            raise GraphError(f"graph has {len(by_id)} nodes, more than the maximum of {MAX_NODES}")
+        if root not in by_id:
+            raise GraphError(f"root node {root} does not exist")
+        nodes = {node_id: _parse(row) for node_id, row in by_id.items()}
+        graph = cls(instance_id, root, nodes)
+        graph._link()
+        return graph
+
+    def _link(self) -> None:
+        conditions: set[str] = set()
+        stack: list[tuple[str, int]] = [(self.root, 0)]
+        seen = {self.root}
+        while stack:
+            node_id, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise GraphError(f"graph exceeds the maximum nesting depth of {MAX_DEPTH}")
+            node = self.nodes[node_id]
+            for child in node.children:
+                if child not in self.nodes:
+                    raise GraphError(f"node {node_id} ({node.type}) refers to missing node {child}")
+                if child in seen:
+                    raise GraphError(f"node {child} is reachable twice (graphs must be trees)")
+                seen.add(child)
+                self.parent[child] = node_id
+                stack.append((child, depth + 1))
+            if node.condition is not None:
+                conditions.add(node.condition)
+        self.conditions = frozenset(conditions)
+
+
+def _config(row: NodeRow) -> Mapping[str, object]:
+    try:
+        value = json.loads(row.query or "")
+    except ValueError as exc:
+        raise GraphError(f"node {row.id} ({row.node_type}): query must be JSON config") from exc
+    if not isinstance(value, dict):
+        raise GraphError(f"node {row.id} ({row.node_type}): query must be a JSON config object")
+    return value
+
+
+def _str_or_none(row: NodeRow, config: Mapping[str, object], key: str) -> str | None:
+    value = config.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise GraphError(f"node {row.id} ({row.node_type}): {key} must be a string")
+
+
+def _parse(row: NodeRow) -> Node:
+    kind = row.node_type
+    if kind not in NODE_TYPES:
+        raise GraphError(f"node {row.id} has unknown node_type {kind!r}")
+    base = Node(row.id, kind, row.query, row.result_name)
+    if kind in LEAF_TYPES:
+        if row.left_node or row.right_node:
+            raise GraphError(f"node {row.id} ({kind}) is a leaf and cannot have children")
+        if row.query is None:
+            raise GraphError(f"node {row.id} ({kind}) has no query")
+    if kind == "SQL":
+        return base
+    if kind == "SLEEP":
+        try:
+            seconds = int((row.query or "").strip())
+        except ValueError as exc:
+            raise GraphError(f"node {row.id} (SLEEP): seconds must be an integer") from exc
+        if seconds < 0:
+            raise GraphError(f"node {row.id} (SLEEP): Sleep duration must be non-negative")
+        return replace(base, seconds=seconds)
+    if kind == "BREAK":
+        config = _config(row)
+        return replace(base, break_value=_str_or_none(row, config, "break_value"))
+    if kind in ("WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"):
+        _config(row)
+        return base
+    # Compound nodes.
+    if kind in ("THEN", "RACE", "JOIN", "IF") and not (row.left_node and row.right_node):
+        raise GraphError(f"node {row.id} ({kind}) needs both a left and a right child")
+    if kind == "THEN" or kind == "RACE":
+        return replace(base, left=row.left_node, right=row.right_node)
+    if kind == "JOIN":
+        extras: tuple[str, ...] = ()
+        if row.query is not None:
+            raw = _config(row).get("extra_nodes", [])
+            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                raise GraphError(f"node {row.id} (JOIN): extra_nodes must be a list of node ids")
+            extras = tuple(raw)
+        return replace(base, left=row.left_node, right=row.right_node, extras=extras)
+    if kind == "IF":
+        config = _config(row)
+        if config.get("condition_type") == "result_has_rows":
+            name = _str_or_none(row, config, "result_name")
+            if not name:
+                raise GraphError(f"node {row.id} (IF): if_rows config needs a result_name")
+            return replace(base, left=row.left_node, right=row.right_node, rows_of=name)
+        cond = _str_or_none(row, config, "condition_node")
+        if not cond:
+            raise GraphError(f"node {row.id} (IF): query needs a condition_node")
+        return replace(base, left=row.left_node, right=row.right_node, condition=cond)
+    # LOOP
+    if not row.left_node or row.right_node:
+        raise GraphError(f"node {row.id} (LOOP) needs a body and no right child")
+    cond = None
+    if row.query is not None:
+        cond = _str_or_none(row, _config(row), "condition_node")
+    return replace(base, left=row.left_node, condition=cond)

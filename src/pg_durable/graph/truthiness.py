@@ -1,0 +1,81 @@
+"""When a condition's result counts as true, and what a ``df.break`` value becomes.
+
+Both follow pg_durable (SPEC §2.8, §2.4 BREAK). Conditions never raise: any text has a truth
+value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+_TRUE_WORDS = frozenset({"true", "t", "yes"})
+_FALSE_WORDS = frozenset({"false", "f", "no"})
+
+
+class _Pairs(list[tuple[str, object]]):
+    """A JSON object as its pairs, so "the first column" is the first key in the text."""
+
+
+def is_truthy(result: str) -> bool:
+    """The truth of a condition node's result text.
+
+    A SQL result (``{"rows": …}``) is false without rows, else the truth of its first row's
+    first column; any other JSON value, or non-JSON text, is judged by itself.
+    """
+    try:
+        value = json.loads(result, object_pairs_hook=_Pairs)
+    except ValueError:
+        return _string_truth(result)
+    if isinstance(value, _Pairs):
+        rows = dict(value).get("rows")
+        if isinstance(rows, list):
+            if not rows:
+                return False
+            first = rows[0]
+            if isinstance(first, _Pairs) and first:
+                return _value_truth(first[0][1])
+    return _value_truth(value)
+
+
+def _value_truth(value: object) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        return _string_truth(value)
+    if isinstance(value, list):
+        return len(value) > 0
+    return True
+
+
+def _string_truth(text: str) -> bool:
+    word = text.strip()
+    if not word:
+        return False
+    lowered = word.lower()
+    if lowered in _TRUE_WORDS:
+        return True
+    if lowered in _FALSE_WORDS:
+        return False
+    try:
+        number = float(word)
+    except ValueError:
+        # Any other word is true — also 'off' and 'n', as in pg_durable.
+        return True
+    return math.isnan(number) or number != 0
+
+
+def break_value_json(raw: str | None) -> str:
+    """The JSON text a ``df.break`` carries: ``null`` without a value, the value itself when
+    it is JSON (kept as written), else the value as a JSON string."""
+    if raw is None:
+        return "null"
+    try:
+        json.loads(raw)
+    except ValueError:
+        return json.dumps(raw, ensure_ascii=False)
+    return raw.strip()

@@ -1,0 +1,134 @@
+"""Install, upgrade and inspect the df schema — by plain script or as an extension.
+
+The schema ships as ordered parts in ``sql/schema/NN_*.sql``. Both ways of installing run the
+very same text: ``pg-durable install`` executes it in one transaction (no superuser or file
+access needed, so it works on managed PostgreSQL), and ``pg-durable install-extension`` writes it
+as ``pg_durable--<version>.sql`` beside ``pg_durable.control`` for ``CREATE EXTENSION``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from pg_durable import __version__
+from pg_durable.errors import SchemaError
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "pg_durable"
+SCHEMA_VERSION = __version__
+# Arbitrary but fixed: serialises concurrent `pg-durable install` runs on one database.
+_INSTALL_LOCK_KEY = 0x50474446_0001
+
+
+def schema_parts() -> list[tuple[str, str]]:
+    """The schema's SQL parts as (file name, text), in installation order."""
+    folder = resources.files("pg_durable") / "sql" / "schema"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
+
+
+def install_script() -> str:
+    """The complete install script (the body of ``pg_durable--<version>.sql``)."""
+    chunks = [f"-- {name}\n{text.rstrip()}\n" for name, text in schema_parts()]
+    chunks.append(
+        f"INSERT INTO df._meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');\n"
+    )
+    return "\n".join(chunks)
+
+
+def control_file() -> str:
+    """The extension control file."""
+    return (
+        "# pg_durable: durable execution of SQL workflows (Python worker edition)\n"
+        "comment = 'Durable SQL workflows: df schema for the pg_durable Python worker'\n"
+        f"default_version = '{SCHEMA_VERSION}'\n"
+        "relocatable = false\n"
+        "schema = pg_catalog\n"
+        "superuser = true\n"
+        "requires = 'plpgsql'\n"
+    )
+
+
+def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The df schema version installed in the connected database, or None."""
+    row = conn.execute(
+        "SELECT to_regclass('df._meta') IS NOT NULL, "
+        "EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'df')"
+    ).fetchone()
+    assert row is not None
+    has_meta, has_schema = row
+    if not has_schema:
+        return None
+    if not has_meta:
+        raise SchemaError(
+            'a schema named "df" exists but was not created by pg_durable; '
+            "drop or rename it before installing"
+        )
+    got = conn.execute("SELECT value FROM df._meta WHERE key = 'schema_version'").fetchone()
+    return str(got[0]) if got else None
+
+
+def install(dsn: str) -> str:
+    """Install or upgrade the df schema in the database at ``dsn``; returns what was done.
+
+    Idempotent: rerunning on an up-to-date database changes nothing. The whole install runs in
+    one transaction under an advisory lock, so a failure leaves the database untouched and two
+    concurrent installs do not interleave.
+    """
+    with psycopg.connect(dsn, autocommit=False) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+        current = installed_version(conn)
+        if current == SCHEMA_VERSION:
+            conn.rollback()
+            return f"df schema {SCHEMA_VERSION} is already installed"
+        if current is not None:
+            ext = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = %s", (EXTENSION,)
+            ).fetchone()
+            if ext is not None:
+                conn.execute(
+                    sql.SQL("ALTER EXTENSION pg_durable UPDATE TO {}").format(
+                        sql.Literal(SCHEMA_VERSION)
+                    )
+                )
+                conn.commit()
+                return f"extension pg_durable updated from {current} to {SCHEMA_VERSION}"
+            raise SchemaError(
+                f"df schema {current} is installed and no upgrade path to {SCHEMA_VERSION} "
+                "is shipped with this version of pg-durable"
+            )
+        conn.execute(install_script().encode())
+        conn.commit()
+        return f"df schema {SCHEMA_VERSION} installed"
+
+
+def extension_dir(pg_config: str | None = None) -> Path:
+    """The extension directory of the local server (``pg_config --sharedir``/extension)."""
+    exe = pg_config or shutil.which("pg_config")
+    if exe is None:
+        raise SchemaError("pg_config not found: pass --pg-config or put it on PATH")
+    try:
+        out = subprocess.run([exe, "--sharedir"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SchemaError(f"cannot ask {exe} for the server's share directory") from exc
+    return Path(out.stdout.strip()) / "extension"
+
+
+def write_extension_files(target: Path) -> list[Path]:
+    """Write ``pg_durable.control`` and ``pg_durable--<version>.sql`` into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    control = target / f"{EXTENSION}.control"
+    script = target / f"{EXTENSION}--{SCHEMA_VERSION}.sql"
+    control.write_text(control_file())
+    script.write_text(
+        '\\echo Use "CREATE EXTENSION pg_durable" to load this file. \\quit\n' + install_script()
+    )
+    return [control, script]

@@ -1,0 +1,83 @@
+"""Worker settings: one frozen value, resolved as CLI flag > PG_DURABLE_* variable > default.
+
+Settings that SQL must see (``pg_durable.enable_superuser_instances`` and friends) are not here:
+they are custom server settings read with ``current_setting(name, true)``, so they are set with
+``postgresql.conf``, ``ALTER SYSTEM`` or ``ALTER DATABASE … SET`` and both SQL and the worker
+see the same value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Literal
+
+from pg_durable.errors import ConfigurationError
+
+LogFormat = Literal["text", "json"]
+ENV_PREFIX = "PG_DURABLE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker needs to know; see ``pg-durable worker --help``."""
+
+    dsn: str = ""
+    #: Steps executed at once by this worker (one database connection each).
+    concurrency: int = 10
+    #: Seconds between polls for work when no NOTIFY arrives (NOTIFY is a hint, not the truth).
+    poll_interval: float = 1.0
+    #: Seconds between heartbeats written to df._workers.
+    heartbeat_interval: float = 5.0
+    #: Seconds a graceful shutdown waits for in-flight steps before cancelling them.
+    shutdown_grace: float = 30.0
+    #: Longest pause between reconnection attempts after the server went away.
+    reconnect_max_backoff: float = 10.0
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
+
+    @classmethod
+    def resolve(
+        cls, flags: Mapping[str, object | None], environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from CLI flags (None = not given), then the environment, then defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            given = flags.get(f.name)
+            if given is None:
+                raw = env.get(ENV_PREFIX + f.name.upper())
+                if raw is None:
+                    continue
+                given = raw
+            values[f.name] = _coerce(f.name, f.default, given)
+        settings = cls(**values)  # type: ignore[arg-type]  # values are coerced per field above
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.dsn:
+            raise ConfigurationError("no database given: pass --dsn or set PG_DURABLE_DSN")
+        if self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1 (got {self.concurrency})")
+        for name in ("poll_interval", "heartbeat_interval", "reconnect_max_backoff"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.shutdown_grace < 0:
+            raise ConfigurationError("shutdown_grace cannot be negative")
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError(f"log format must be text or json (got {self.log_format!r})")
+
+
+def _coerce(name: str, default: object, value: object) -> object:
+    try:
+        if isinstance(default, bool):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(str(value))
+        if isinstance(default, float):
+            return float(str(value))
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {value!r} is not a valid number") from exc
+    return str(value)

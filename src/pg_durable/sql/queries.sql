@@ -1,0 +1,134 @@
+-- Every statement the worker runs, by name. Looked up by pg_durable.queries.
+
+-- name: claim
+-- Take the runnable fiber that is due first; the row lock lasts for the whole step.
+SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
+       f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
+       i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now
+  FROM df._fibers f
+  JOIN df.instances i ON i.id = f.instance_id
+ WHERE f.status = 'ready' AND f.run_at <= now()
+ ORDER BY f.run_at
+ LIMIT 1
+   FOR UPDATE OF f SKIP LOCKED
+
+-- name: claim_scope
+-- Continue with a fiber this worker just advanced (or leased), if nobody took it meanwhile.
+SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
+       f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
+       i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now
+  FROM df._fibers f
+  JOIN df.instances i ON i.id = f.instance_id
+ WHERE f.scope = %(scope)s AND f.version = %(version)s AND f.status = 'ready'
+   FOR UPDATE OF f SKIP LOCKED
+
+-- name: lease_fiber
+-- Keep a fiber from being claimed while its autocommit statement runs outside any
+-- transaction (engine/executor.py); claim_leased takes it back.
+UPDATE df._fibers
+   SET run_at = now() + make_interval(secs => %(seconds)s), version = version + 1
+ WHERE scope = %(scope)s AND version = %(version)s AND status = 'ready'
+RETURNING version
+
+-- name: load_instance
+SELECT i.root_node, i.label, i.database, i.submitted_by::oid AS role_oid,
+       r.rolname, r.rolsuper, s.vars,
+       coalesce(current_setting('pg_durable.enable_superuser_instances', true), 'off')
+           AS superuser_setting
+  FROM df.instances i
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
+  LEFT JOIN df._instance_state s ON s.instance_id = i.id
+ WHERE i.id = %(instance_id)s
+
+-- name: load_nodes
+SELECT id, node_type, query, result_name, left_node, right_node
+  FROM df.nodes
+ WHERE instance_id = %(instance_id)s
+
+-- name: children
+SELECT scope, branch, root_node, outcome, results
+  FROM df._fibers
+ WHERE parent_scope = %(scope)s AND spawned_at_node = %(node_id)s
+   AND parent_generation = %(generation)s AND status = 'done'
+
+-- name: commit_step
+SELECT df._commit_step(%(plan)s::jsonb)
+
+-- name: fail_instance
+SELECT df._fail_instance(%(instance_id)s, %(message)s)
+
+-- name: drop_stale_fiber
+-- A stale fiber (lost race, cancelled instance) found at commit: remove it and its subtree.
+DELETE FROM df._fibers
+ WHERE scope IN (SELECT x.scope FROM df._fibers x
+                  WHERE x.instance_id = %(instance_id)s
+                    AND (x.scope = %(scope)s OR left(x.scope, length(%(scope)s) + 2) = %(scope)s || '::')
+                    FOR UPDATE SKIP LOCKED)
+
+-- name: sweep
+-- Fibers nobody will ever run: of finished instances, or whose parent is gone or moved on.
+DELETE FROM df._fibers
+ WHERE scope IN (
+        SELECT f.scope
+          FROM df._fibers f
+          LEFT JOIN df.instances i ON i.id = f.instance_id
+          LEFT JOIN df._fibers p ON p.scope = f.parent_scope
+         WHERE i.id IS NULL
+            OR i.status NOT IN ('pending', 'running')
+            OR (f.parent_scope IS NOT NULL
+                AND (p.scope IS NULL OR p.status <> 'waiting'
+                     OR p.node_id <> f.spawned_at_node OR p.generation <> f.parent_generation)
+                AND f.status <> 'done')
+         LIMIT 1000
+           FOR UPDATE OF f SKIP LOCKED)
+
+-- name: next_run_at
+SELECT extract(epoch FROM min(run_at) - now())::float8
+  FROM df._fibers
+ WHERE status = 'ready'
+
+-- name: exec_function
+SELECT p.oid IS NOT NULL AS present
+  FROM (SELECT to_regprocedure(%(signature)s)::oid AS oid) p
+
+-- name: register_worker
+INSERT INTO df._workers (id, hostname, pid, version, concurrency)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(version)s, %(concurrency)s)
+
+-- name: heartbeat
+UPDATE df._workers SET last_seen_at = now() WHERE id = %(id)s
+
+-- name: stop_worker
+UPDATE df._workers SET stopped_at = now(), last_seen_at = now() WHERE id = %(id)s
+
+-- name: schema_version
+SELECT value FROM df._meta WHERE key = 'schema_version'
+
+-- name: create_exec_function
+-- {function} and {role} are identifiers composed with psycopg.sql (engine/identity.py).
+CREATE OR REPLACE FUNCTION {function}(sql text, returns_rows boolean) RETURNS SETOF json
+LANGUAGE plpgsql SECURITY DEFINER AS $body$
+DECLARE
+    r record;
+BEGIN
+    IF returns_rows THEN
+        FOR r IN EXECUTE sql LOOP
+            RETURN NEXT pg_catalog.row_to_json(r);
+        END LOOP;
+    ELSE
+        EXECUTE sql;
+    END IF;
+END
+$body$
+
+-- name: revoke_exec_function
+REVOKE ALL ON FUNCTION {function}(text, boolean) FROM PUBLIC
+
+-- name: own_exec_function
+ALTER FUNCTION {function}(text, boolean) OWNER TO {role}
+
+-- name: role_exists
+SELECT rolname FROM pg_catalog.pg_roles WHERE oid = %(oid)s
+
+-- name: type_names
+SELECT oid::int, typname::text FROM pg_catalog.pg_type WHERE oid = ANY(%(oids)s)

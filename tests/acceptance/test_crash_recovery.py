@@ -1,0 +1,124 @@
+"""Exactly once across crashes: kill -9 the worker mid-step, crash PostgreSQL mid-workflow.
+
+Every step appends a row to a ledger that has a UNIQUE (instance, step) constraint, so a step
+that ran twice would fail its instance, and a lost step would leave a gap.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.fixtures.engine import WorkerThread, wait_for
+from tests.fixtures.postgres import Server
+
+Conn = psycopg.Connection[Any]
+
+LEDGER = "CREATE TABLE ledger (instance text, step int, at timestamptz DEFAULT clock_timestamp(), UNIQUE (instance, step))"
+
+
+def step(n: int, sleep: float = 0.0) -> str:
+    if sleep:
+        return (
+            f"'WITH s AS (SELECT pg_sleep({sleep})) "
+            f"INSERT INTO ledger (instance, step) SELECT ''{{sys_instance_id}}'', {n} FROM s'"
+        )
+    return f"'INSERT INTO ledger (instance, step) VALUES (''{{sys_instance_id}}'', {n})'"
+
+
+def start(conn: Conn, dsl: str, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        row = conn.execute(f"SELECT df.start({dsl})").fetchone()
+        assert row is not None
+        ids.append(str(row[0]))
+    return ids
+
+
+def spawn_worker(dsn: str) -> subprocess.Popen[bytes]:
+    code = (
+        "import asyncio, sys\n"
+        "from pg_durable.engine.worker import Worker\n"
+        "from pg_durable.settings import Settings\n"
+        "asyncio.run(Worker(Settings(dsn=sys.argv[1], concurrency=4, poll_interval=0.2)).run())\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, dsn])
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def assert_exactly_once(conn: Conn, ids: list[str], steps: int) -> None:
+    for iid in ids:
+        assert wait_for(conn, iid, 60) == "completed"
+    rows = conn.execute("SELECT instance, count(*) FROM ledger GROUP BY instance").fetchall()
+    assert dict(rows) == {iid: steps for iid in ids}
+
+
+def test_kill_9_mid_step_rolls_the_step_back_and_runs_it_once_more(conn: Conn, dsn: str) -> None:
+    conn.execute(LEDGER)
+    ids = start(conn, f"{step(1)} ~> {step(2, sleep=1.5)} ~> {step(3)}", 4)
+    first = spawn_worker(dsn)
+    try:
+        # Wait until the slow step is executing in the worker, then kill it without mercy.
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(1.5)%%' "
+                    "AND application_name = 'pg_durable:worker:workflow-sql'"
+                ).fetchone()
+                != (0,)
+            ),
+            30,
+            "the slow step to start",
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        # Step 2's effects are not committed by the killed worker.
+        assert conn.execute("SELECT count(*) FROM ledger WHERE step = 2").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM df.instances WHERE status IN ('pending', 'running')"
+        ).fetchone() == (len(ids),)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = spawn_worker(dsn)
+    try:
+        assert_exactly_once(conn, ids, 3)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+
+
+def test_postgres_crash_mid_workflow_resumes_every_instance(
+    conn: Conn, dsn: str, pg_server: Server, worker: WorkerThread
+) -> None:
+    if pg_server.embedded is None:
+        pytest.skip("needs the suite's own PostgreSQL to crash it (PG_DURABLE_TEST_DSN is set)")
+    conn.execute(LEDGER)
+    dsl = f"{step(1)} ~> {step(2, sleep=0.5)} ~> df.sleep(1) ~> ({step(3)} & {step(4, sleep=0.5)}) ~> {step(5)}"
+    ids = start(conn, dsl, 8)
+    wait_until(
+        lambda: conn.execute("SELECT count(*) FROM ledger").fetchone() not in ((0,),),
+        30,
+        "the first steps",
+    )
+    conn.close()
+    pg_server.embedded.stop("immediate")  # a crash: no shutdown checkpoint, recovery on start
+    time.sleep(0.5)
+    pg_server.embedded.start()
+    with psycopg.connect(dsn, autocommit=True) as again:
+        assert_exactly_once(again, ids, 5)

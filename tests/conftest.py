@@ -1,0 +1,6 @@
+"""Shared pytest configuration: fixtures live in tests/fixtures/, one file per topic."""
+
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.engine",
+]
