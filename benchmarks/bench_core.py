@@ -125,7 +125,8 @@ def run(dsn: str, args: argparse.Namespace) -> None:
 
     raw = ceiling(dsn, args.concurrency, args.ceiling_seconds)
     print(
-        f"ceiling  : {raw:10.0f} single-statement transactions/s (SELECT 1, {args.concurrency} psycopg clients)"
+        f"ceiling  : {raw:10.0f} single-statement transactions/s "
+        f"(SELECT 1, {args.concurrency} psycopg clients)"
     )
 
     conn = psycopg.connect(dsn, autocommit=True)
@@ -157,11 +158,13 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         rate = total / elapsed
         cpu, rss = proc_stats(worker.pid)
         print(
-            f"engine   : {rate:10.0f} steps/s ({args.instances} instances x {args.steps} steps in {elapsed:.2f}s)"
+            f"engine   : {rate:10.0f} steps/s "
+            f"({args.instances} instances x {args.steps} steps in {elapsed:.2f}s)"
             f" = {100 * rate / raw:.1f}% of the ceiling"
         )
         print(
-            f"worker   : {cpu:.2f} CPU s for {total} steps ({cpu / total * 10000:.2f} CPU s per 10,000 steps),"
+            f"worker   : {cpu:.2f} CPU s for {total} steps "
+            f"({cpu / total * 10000:.2f} CPU s per 10,000 steps),"
             f" peak RSS {rss / 2**20:.0f} MiB"
         )
 
@@ -174,7 +177,8 @@ def run(dsn: str, args: argparse.Namespace) -> None:
             iid = row[0]
             while True:
                 got = conn.execute(
-                    "SELECT status, extract(epoch FROM completed_at - created_at) FROM df.instances WHERE id = %s",
+                    "SELECT status, extract(epoch FROM completed_at - created_at) "
+                    "FROM df.instances WHERE id = %s",
                     (iid,),
                 ).fetchone()
                 assert got is not None

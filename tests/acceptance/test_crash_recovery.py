@@ -21,7 +21,10 @@ from tests.fixtures.postgres import Server
 
 Conn = psycopg.Connection[Any]
 
-LEDGER = "CREATE TABLE ledger (instance text, step int, at timestamptz DEFAULT clock_timestamp(), UNIQUE (instance, step))"
+LEDGER = (
+    "CREATE TABLE ledger (instance text, step int, at timestamptz DEFAULT clock_timestamp(), "
+    "UNIQUE (instance, step))"
+)
 
 
 def step(n: int, sleep: float = 0.0) -> str:
@@ -77,8 +80,9 @@ def test_kill_9_mid_step_rolls_the_step_back_and_runs_it_once_more(conn: Conn, d
         wait_until(
             lambda: (
                 conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(1.5)%%' "
-                    "AND application_name = 'pg_durable:worker:workflow-sql'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                    "AND application_name = 'pg_durable:worker:workflow-sql' "
+                    "AND datname = current_database()"
                 ).fetchone()
                 != (0,)
             ),
@@ -109,7 +113,10 @@ def test_postgres_crash_mid_workflow_resumes_every_instance(
     if pg_server.embedded is None:
         pytest.skip("needs the suite's own PostgreSQL to crash it (PG_DURABLE_TEST_DSN is set)")
     conn.execute(LEDGER)
-    dsl = f"{step(1)} ~> {step(2, sleep=0.5)} ~> df.sleep(1) ~> ({step(3)} & {step(4, sleep=0.5)}) ~> {step(5)}"
+    dsl = (
+        f"{step(1)} ~> {step(2, sleep=0.5)} ~> df.sleep(1) "
+        f"~> ({step(3)} & {step(4, sleep=0.5)}) ~> {step(5)}"
+    )
     ids = start(conn, dsl, 8)
     wait_until(
         lambda: conn.execute("SELECT count(*) FROM ledger").fetchone() not in ((0,),),

@@ -47,7 +47,7 @@ def test_order_processing_chain_with_named_result_and_sleep(
     conn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
     conn.execute("INSERT INTO orders VALUES (7, 'pending')")
     started = time.monotonic()
-    iid, status = run_workflow(
+    _iid, status = run_workflow(
         conn,
         """'SELECT id FROM orders WHERE status = ''pending'' LIMIT 1' |=> 'order_id'
            ~> 'UPDATE orders SET status = ''processing'' WHERE id = $order_id'
@@ -109,7 +109,7 @@ def test_tier_check_with_if_else(conn: Conn, worker: WorkerThread) -> None:
     conn.execute("CREATE TABLE customers (id int, spend numeric, tier text)")
     conn.execute("INSERT INTO customers VALUES (1, 5000, NULL), (2, 10, NULL)")
     for cid, tier in ((1, "gold"), (2, "standard")):
-        iid, status = run_workflow(
+        _iid, status = run_workflow(
             conn,
             f"""'SELECT spend > 1000 FROM customers WHERE id = {cid}'
                 ?> 'UPDATE customers SET tier = ''gold'' WHERE id = {cid}'
@@ -159,7 +159,8 @@ def test_sql_error_fails_node_and_instance_with_the_reason(
     message = "SQL execution failed: error returned from database: division by zero"
     assert output_of(conn, iid) == message
     rows = conn.execute(
-        "SELECT node_type, status, result FROM df.nodes WHERE instance_id = %s ORDER BY created_at, id",
+        "SELECT node_type, status, result FROM df.nodes WHERE instance_id = %s "
+        "ORDER BY created_at, id",
         (iid,),
     ).fetchall()
     statuses = {(r[0], r[1]) for r in rows}
@@ -176,7 +177,7 @@ def test_multi_statement_step_is_refused(conn: Conn, worker: WorkerThread) -> No
 
 def test_failed_step_leaves_no_partial_effects(conn: Conn, worker: WorkerThread) -> None:
     conn.execute("CREATE TABLE t (x int CHECK (x < 10))")
-    iid, status = run_workflow(conn, "'INSERT INTO t SELECT g FROM generate_series(1, 20) g'")
+    _iid, status = run_workflow(conn, "'INSERT INTO t SELECT g FROM generate_series(1, 20) g'")
     assert status == "failed"
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
 
@@ -187,7 +188,8 @@ def test_result_shape_and_type_mapping(conn: Conn, worker: WorkerThread) -> None
         """'SELECT 1::int2 AS a, 2::int8 AS b, 123456.78900000::numeric AS n, 3.14::float4 AS f,
                    ''x''::varchar AS v, true AS t, NULL::text AS z,
                    ''2024-06-15 12:30:00+00''::timestamptz AS ts, ''2024-06-15''::date AS d,
-                   ''{"k": [1, 2]}''::jsonb AS j, ''a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11''::uuid AS u'""",
+                   ''{"k": [1, 2]}''::jsonb AS j,
+                   ''a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11''::uuid AS u'""",
     )
     assert status == "completed"
     text = output_of(conn, iid)

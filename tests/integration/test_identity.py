@@ -3,43 +3,55 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.fixtures.engine import WorkerThread, run_workflow
+from tests.fixtures.engine import WorkerThread, run_workflow, wait_for
 from tests.fixtures.postgres import role_dsn
 from tests.integration.test_engine import output_of, result_of
 
 Conn = psycopg.Connection[Any]
 
 
+@dataclass
+class Submitter:
+    """A LOGIN role that is not a superuser, granted df usage, and a connection as it."""
+
+    name: str
+    conn: Conn
+
+
 @pytest.fixture
-def alice(conn: Conn, dsn: str) -> Iterator[Conn]:
-    """A connection as `alice`: LOGIN, not superuser, granted df usage."""
+def alice(conn: Conn, dsn: str, db_name: str) -> Iterator[Submitter]:
+    # Roles are cluster-wide: a name of this test's own, so tests never share one.
+    name = f"alice_{db_name}"
     password = secrets.token_hex(8)
-    conn.execute(f"CREATE ROLE alice LOGIN PASSWORD '{password}'")
-    conn.execute("SELECT df.grant_usage('alice')")
+    conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+    conn.execute("SELECT df.grant_usage(%s)", (name,))
     conn.execute("CREATE TABLE public.shared (v text)")
-    conn.execute("GRANT SELECT, INSERT ON public.shared TO alice")
+    conn.execute(f"GRANT SELECT, INSERT ON public.shared TO {name}")
     conn.execute("CREATE TABLE public.secret (v text)")
     conn.execute("INSERT INTO public.secret VALUES ('top')")
-    with psycopg.connect(role_dsn(dsn, "alice", password), autocommit=True) as c:
-        yield c
-    conn.execute("DROP OWNED BY alice CASCADE")
-    conn.execute("DROP ROLE alice")
+    with psycopg.connect(role_dsn(dsn, name, password), autocommit=True) as c:
+        yield Submitter(name, c)
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+        conn.execute(f"DROP OWNED BY {name} CASCADE")
+        conn.execute(f"DROP ROLE {name}")
 
 
-def test_steps_run_as_the_submitter(alice: Conn, worker: WorkerThread, conn: Conn) -> None:
-    iid, status = run_workflow(alice, "'SELECT current_user::text AS u'")
+def test_steps_run_as_the_submitter(alice: Submitter, worker: WorkerThread, conn: Conn) -> None:
+    iid, status = run_workflow(alice.conn, "'SELECT current_user::text AS u'")
     assert status == "completed"
-    assert result_of(conn, iid) == {"rows": [{"u": "alice"}], "row_count": 1}
+    assert result_of(conn, iid) == {"rows": [{"u": alice.name}], "row_count": 1}
     row = conn.execute(
         "SELECT submitted_by::text FROM df.instances WHERE id = %s", (iid,)
     ).fetchone()
-    assert row == ("alice",)
+    assert row == (alice.name,)
 
 
 ESCAPES = [
@@ -48,27 +60,27 @@ ESCAPES = [
     "SET SESSION AUTHORIZATION postgres",
     "SELECT set_config(''role'', ''postgres'', false)",
     "DO $$ BEGIN RESET ROLE; END $$",
-    "SELECT alice_escape()",
-    "SELECT alice_definer_escape()",
+    "SELECT public.escape()",
+    "SELECT public.definer_escape()",
 ]
 
 
 @pytest.mark.parametrize("attempt", ESCAPES)
 def test_a_step_cannot_leave_its_role(
-    alice: Conn, worker: WorkerThread, conn: Conn, attempt: str
+    alice: Submitter, worker: WorkerThread, conn: Conn, attempt: str
 ) -> None:
-    alice.execute("CREATE SCHEMA IF NOT EXISTS alice_s")
-    conn.execute("GRANT CREATE, USAGE ON SCHEMA public TO alice")
-    alice.execute(
-        "CREATE OR REPLACE FUNCTION public.alice_escape() RETURNS text LANGUAGE plpgsql AS "
+    conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {alice.name}")
+    alice.conn.execute(
+        "CREATE FUNCTION public.escape() RETURNS text LANGUAGE plpgsql AS "
         "$$ BEGIN RESET ROLE; RETURN current_user; END $$"
     )
-    alice.execute(
-        "CREATE OR REPLACE FUNCTION public.alice_definer_escape() RETURNS text LANGUAGE plpgsql "
+    alice.conn.execute(
+        "CREATE FUNCTION public.definer_escape() RETURNS text LANGUAGE plpgsql "
         "SECURITY DEFINER AS $$ BEGIN SET ROLE postgres; RETURN current_user; END $$"
     )
     iid, status = run_workflow(
-        alice, f"'{attempt}' ~> 'INSERT INTO public.shared SELECT v FROM public.secret RETURNING v'"
+        alice.conn,
+        f"'{attempt}' ~> 'INSERT INTO public.shared SELECT v FROM public.secret RETURNING v'",
     )
     assert status == "failed"
     assert "cannot set parameter" in output_of(conn, iid)
@@ -76,9 +88,9 @@ def test_a_step_cannot_leave_its_role(
 
 
 def test_missing_privilege_is_an_ordinary_permission_error(
-    alice: Conn, worker: WorkerThread, conn: Conn
+    alice: Submitter, worker: WorkerThread, conn: Conn
 ) -> None:
-    iid, status = run_workflow(alice, "'SELECT v FROM public.secret'")
+    iid, status = run_workflow(alice.conn, "'SELECT v FROM public.secret'")
     assert status == "failed"
     assert output_of(conn, iid) == (
         "SQL execution failed: error returned from database: permission denied for table secret"
@@ -86,31 +98,33 @@ def test_missing_privilege_is_an_ordinary_permission_error(
 
 
 def test_submitter_cannot_reach_its_step_function(
-    alice: Conn, worker: WorkerThread, conn: Conn
+    alice: Submitter, worker: WorkerThread, conn: Conn
 ) -> None:
-    run_workflow(alice, "'SELECT 1'")
+    run_workflow(alice.conn, "'SELECT 1'")
     row = conn.execute(
-        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'df_exec' AND p.proowner = 'alice'::regrole"
+        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'df_exec' AND p.proowner = %s::regrole",
+        (alice.name,),
     ).fetchone()
     assert row is not None
     signature = row[0]
+    function = signature.split("(")[0]
     for statement in (
         f"ALTER FUNCTION {signature} SECURITY INVOKER",
-        f"CREATE OR REPLACE FUNCTION {signature.split('(')[0]}(sql text, r boolean) RETURNS SETOF json "
+        f"CREATE OR REPLACE FUNCTION {function}(sql text, r boolean) RETURNS SETOF json "
         "LANGUAGE sql AS 'SELECT NULL::json'",
-        f"SELECT {signature.split('(')[0]}('SELECT 1', true)",
+        f"SELECT {function}('SELECT 1', true)",
     ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            alice.execute(statement)
+            alice.conn.execute(statement)
 
 
 def test_superuser_instances_are_refused_by_the_worker_when_disabled(
-    conn: Conn, dsn: str, worker: WorkerThread
+    conn: Conn, db_name: str, start_worker: Callable[..., WorkerThread]
 ) -> None:
-    db = conn.execute("SELECT current_database()").fetchone()
-    assert db is not None
-    conn.execute(f'ALTER DATABASE "{db[0]}" RESET pg_durable.enable_superuser_instances')
+    conn.execute(f'ALTER DATABASE "{db_name}" RESET pg_durable.enable_superuser_instances')
+    start_worker()
     # The session may enable it for df.start, but the worker reads the server's setting.
     conn.execute("SET pg_durable.enable_superuser_instances = on")
     iid, status = run_workflow(conn, "'SELECT 1'")
@@ -121,18 +135,14 @@ def test_superuser_instances_are_refused_by_the_worker_when_disabled(
     )
 
 
-def test_dropped_role_fails_its_instance(alice: Conn, worker: WorkerThread, conn: Conn) -> None:
-    row = alice.execute("SELECT df.start('SELECT 1' ~> df.sleep(2) ~> 'SELECT 2')").fetchone()
+def test_dropped_role_fails_its_instance(
+    alice: Submitter, worker: WorkerThread, conn: Conn
+) -> None:
+    row = alice.conn.execute("SELECT df.start('SELECT 1' ~> df.sleep(2) ~> 'SELECT 2')").fetchone()
     assert row is not None
     iid = str(row[0])
-    import time
-
-    time.sleep(1.0)
-    conn.execute("REASSIGN OWNED BY alice TO postgres")
-    conn.execute("DROP OWNED BY alice CASCADE")
-    conn.execute("DROP ROLE alice")
-    conn.execute("CREATE ROLE alice")  # so the fixture's teardown finds a role to drop
-    from tests.fixtures.engine import wait_for
-
+    time.sleep(1.0)  # the first step has run: the role's step function exists
+    conn.execute(f"DROP OWNED BY {alice.name} CASCADE")
+    conn.execute(f"DROP ROLE {alice.name}")
     assert wait_for(conn, iid, 20) == "failed"
     assert "no longer exists" in output_of(conn, iid)

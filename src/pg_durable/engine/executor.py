@@ -360,9 +360,8 @@ class Executor:
                         f"Instance {loaded.graph.instance_id}: submitted_by role no longer "
                         "exists in pg_roles"
                     ),
-                    False,
                 ) from exc
-            raise UserStatementFailed(node_id, _sql_failure(exc), False) from exc
+            raise UserStatementFailed(node_id, _sql_failure(exc)) from exc
         except psycopg.OperationalError:
             raise
         except pgerrors.QueryCanceled as exc:
@@ -370,7 +369,7 @@ class Executor:
                 # The worker cancelled it (lost race, cancelled instance, shutdown): nothing
                 # is recorded; the rollback undoes the step.
                 raise
-            raise UserStatementFailed(node_id, _sql_failure(exc), False) from exc
+            raise UserStatementFailed(node_id, _sql_failure(exc)) from exc
         except psycopg.Error as exc:
             self.runner.invalidate(role, text)
             if exc.sqlstate == "25001" and needs_autocommit(text):

@@ -186,9 +186,9 @@ class Worker:
             await asyncio.shield(conn.execute(query("stop_worker"), {"id": self.id}))
         for slot in self._slots:
             await _close(slot.conns)
-        for conn in (self._control, self._ddl):
-            if conn is not None:
-                await conn.close()
+        for shared in (self._control, self._ddl):
+            if shared is not None:
+                await shared.close()
         logger.info("worker stopped", extra={"action": "worker_stopped", **self.log_extra})
 
     async def _resilient(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
@@ -225,14 +225,9 @@ class Worker:
                 if payload == "work":
                     await self._notify_slots()
                 elif payload.startswith("cancel:"):
-                    await self._cancel_running(lambda s, i=payload[7:]: s.instance_id == i)
+                    await self._cancel_running(_in_instance(payload[len("cancel:") :]))
                 elif payload.startswith("cancel-scope:"):
-                    scope = payload[len("cancel-scope:") :]
-                    await self._cancel_running(
-                        lambda s, sc=scope: (
-                            s.scope is not None and (s.scope == sc or s.scope.startswith(sc + "::"))
-                        )
-                    )
+                    await self._cancel_running(_in_scope(payload[len("cancel-scope:") :]))
         finally:
             await conn.close()
 
@@ -383,7 +378,9 @@ class Worker:
                     query("fail_instance"),
                     {
                         "instance_id": instance_id,
-                        "message": f"internal error in the pg_durable worker: {type(exc).__name__}: {exc}",
+                        "message": (
+                            f"internal error in the pg_durable worker: {type(exc).__name__}: {exc}"
+                        ),
                     },
                 )
 
@@ -402,6 +399,18 @@ class _Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def _in_instance(instance_id: str) -> Callable[[Slot], bool]:
+    """Matches the slot running a step of ``instance_id``."""
+    return lambda slot: slot.instance_id == instance_id
+
+
+def _in_scope(scope: str) -> Callable[[Slot], bool]:
+    """Matches the slot running a step of fiber ``scope`` or of any fiber below it."""
+    return lambda slot: (
+        slot.scope is not None and (slot.scope == scope or slot.scope.startswith(scope + "::"))
+    )
 
 
 def _first_line(exc: BaseException) -> str:
