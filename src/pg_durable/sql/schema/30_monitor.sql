@@ -288,7 +288,9 @@ scope_max AS (
 ),
 node AS (
     SELECT n.id, n.node_type, n.status, n.l, n.r, n.cfg, st.gen,
-           coalesce(st.gen < sm.mg
+           -- A window, not a join with scope_max: with a stale row estimate for one big
+           -- instance the planner picked a nested loop (quadratic in the number of scopes).
+           coalesce(st.gen < max(st.gen) OVER (PARTITION BY st.scope)
                     OR EXISTS (SELECT 1
                                  FROM generate_series(1, array_length(st.seg, 1) - 3, 2) k
                                  JOIN scope_max a
@@ -297,7 +299,6 @@ node AS (
                     false) AS superseded
       FROM n
       LEFT JOIN stamp st ON st.id = n.id
-      LEFT JOIN scope_max sm ON sm.scope = st.scope
 ),
 edge AS (
     SELECT p.id AS parent, c.child
