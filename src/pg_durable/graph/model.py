@@ -9,6 +9,7 @@ clear reason instead of crashing on a malformed row.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -25,6 +26,11 @@ STORES_RESULT: Final = frozenset(
 )
 MAX_DEPTH: Final = 256
 MAX_NODES: Final = 10_000
+#: Largest SLEEP duration: df.sleep takes a bigint.
+MAX_SLEEP_SECONDS: Final = 2**63 - 1
+
+_RESULT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+_SECONDS = re.compile(r"\s*(-?)[0-9]+\s*", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +105,10 @@ class Graph:
                 raise GraphError(f"node {row.id} appears twice")
             by_id[row.id] = row
         if len(by_id) > MAX_NODES:
-            raise GraphError(f"graph has {len(by_id)} nodes, more than the maximum of {MAX_NODES}")
+            raise GraphError(
+                f"Workflow exceeds maximum node count of {MAX_NODES} (it has {len(by_id)} "
+                "nodes). Split it into several workflows (for example, one instance per batch)."
+            )
         if root not in by_id:
             raise GraphError(f"root node {root} does not exist")
         nodes = {node_id: _parse(row) for node_id, row in by_id.items()}
@@ -114,7 +123,10 @@ class Graph:
         while stack:
             node_id, depth = stack.pop()
             if depth > MAX_DEPTH:
-                raise GraphError(f"graph exceeds the maximum nesting depth of {MAX_DEPTH}")
+                raise GraphError(
+                    f"Graph exceeds maximum nesting depth of {MAX_DEPTH} (at node {node_id}). "
+                    "Simplify the workflow or break it into multiple instances."
+                )
             node = self.nodes[node_id]
             for child in node.children:
                 if child not in self.nodes:
@@ -129,9 +141,14 @@ class Graph:
         self.conditions = frozenset(conditions)
 
 
+def _reject_constant(name: str) -> object:
+    # NaN and ±Infinity are not JSON (jsonb rejects them); Python's parser accepts them.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _config(row: NodeRow) -> Mapping[str, object]:
     try:
-        value = json.loads(row.query or "")
+        value = json.loads(row.query or "", parse_constant=_reject_constant)
     except ValueError as exc:
         raise GraphError(f"node {row.id} ({row.node_type}): query must be JSON config") from exc
     if not isinstance(value, dict):
@@ -146,10 +163,51 @@ def _str_or_none(row: NodeRow, config: Mapping[str, object], key: str) -> str | 
     raise GraphError(f"node {row.id} ({row.node_type}): {key} must be a string")
 
 
+def _required_str(row: NodeRow, config: Mapping[str, object], key: str) -> str:
+    value = _str_or_none(row, config, key)
+    if not value:
+        raise GraphError(f"node {row.id} ({row.node_type}): query needs a non-empty {key}")
+    return value
+
+
+def _seconds(row: NodeRow) -> int:
+    match = _SECONDS.fullmatch(row.query or "")
+    if match is None:
+        raise GraphError(f"node {row.id} (SLEEP): seconds must be a whole number")
+    if match.group(1):
+        raise GraphError(f"node {row.id} (SLEEP): Sleep duration must be non-negative")
+    seconds = int(match.group(0))
+    if seconds > MAX_SLEEP_SECONDS:
+        raise GraphError(f"node {row.id} (SLEEP): seconds must fit in a bigint")
+    return seconds
+
+
+def _check_leaf_config(row: NodeRow, config: Mapping[str, object]) -> None:
+    """The fields the worker reads from a WAIT_SCHEDULE, SIGNAL or HTTP config."""
+    if row.node_type == "WAIT_SCHEDULE":
+        _required_str(row, config, "cron_expr")
+    elif row.node_type == "SIGNAL":
+        _required_str(row, config, "signal_name")
+        timeout = config.get("timeout_seconds")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
+        ):
+            raise GraphError(
+                f"node {row.id} (SIGNAL): timeout_seconds must be a positive integer or null"
+            )
+    else:  # HTTP, HTTP_MULTIPART
+        _required_str(row, config, "url")
+
+
 def _parse(row: NodeRow) -> Node:
     kind = row.node_type
     if kind not in NODE_TYPES:
         raise GraphError(f"node {row.id} has unknown node_type {kind!r}")
+    if row.result_name is not None and not _RESULT_NAME.fullmatch(row.result_name):
+        raise GraphError(
+            f"node {row.id} ({kind}): result_name {row.result_name!r} is not a valid identifier"
+            " — must match [a-zA-Z_][a-zA-Z0-9_]*"
+        )
     base = Node(row.id, kind, row.query, row.result_name)
     if kind in LEAF_TYPES:
         if row.left_node or row.right_node:
@@ -159,18 +217,12 @@ def _parse(row: NodeRow) -> Node:
     if kind == "SQL":
         return base
     if kind == "SLEEP":
-        try:
-            seconds = int((row.query or "").strip())
-        except ValueError as exc:
-            raise GraphError(f"node {row.id} (SLEEP): seconds must be an integer") from exc
-        if seconds < 0:
-            raise GraphError(f"node {row.id} (SLEEP): Sleep duration must be non-negative")
-        return replace(base, seconds=seconds)
+        return replace(base, seconds=_seconds(row))
     if kind == "BREAK":
         config = _config(row)
         return replace(base, break_value=_str_or_none(row, config, "break_value"))
     if kind in ("WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"):
-        _config(row)
+        _check_leaf_config(row, _config(row))
         return base
     # Compound nodes.
     if kind in ("THEN", "RACE", "JOIN", "IF") and not (row.left_node and row.right_node):
@@ -187,19 +239,32 @@ def _parse(row: NodeRow) -> Node:
         return replace(base, left=row.left_node, right=row.right_node, extras=extras)
     if kind == "IF":
         config = _config(row)
-        if config.get("condition_type") == "result_has_rows":
-            name = _str_or_none(row, config, "result_name")
-            if not name:
-                raise GraphError(f"node {row.id} (IF): if_rows config needs a result_name")
+        has_condition = config.get("condition_node") is not None
+        if config.get("condition_type") is not None:
+            if has_condition:
+                raise GraphError(
+                    f"node {row.id} (IF): an IF has either a condition_node or a "
+                    "result_has_rows condition, not both"
+                )
+            if config["condition_type"] != "result_has_rows":
+                raise GraphError(
+                    f"node {row.id} (IF): unknown condition_type {config['condition_type']!r}"
+                    " (the only one is 'result_has_rows')"
+                )
+            name = _required_str(row, config, "result_name")
             return replace(base, left=row.left_node, right=row.right_node, rows_of=name)
-        cond = _str_or_none(row, config, "condition_node")
-        if not cond:
-            raise GraphError(f"node {row.id} (IF): query needs a condition_node")
-        return replace(base, left=row.left_node, right=row.right_node, condition=cond)
+        if not has_condition:
+            raise GraphError(
+                f"node {row.id} (IF): query needs a condition_node or a result_has_rows condition"
+            )
+        condition = _required_str(row, config, "condition_node")
+        return replace(base, left=row.left_node, right=row.right_node, condition=condition)
     # LOOP
     if not row.left_node or row.right_node:
         raise GraphError(f"node {row.id} (LOOP) needs a body and no right child")
     cond = None
     if row.query is not None:
-        cond = _str_or_none(row, _config(row), "condition_node")
+        config = _config(row)
+        if config.get("condition_node") is not None:
+            cond = _required_str(row, config, "condition_node")
     return replace(base, left=row.left_node, condition=cond)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Final
 
 from pg_durable.errors import StepError
@@ -50,6 +52,24 @@ _SUPPORTED_NAMES: Final = (
 )
 _INTEGERS: Final = frozenset({INT2, INT4, INT8})
 _FLOATS: Final = frozenset({FLOAT4, FLOAT8})
+#: PostgreSQL type names that pg_durable's driver (sqlx) knows and reports upper-cased, arrays
+#: of them as ``NAME[]``; any other type is reported by its pg_type name as it is.
+_KNOWN_TYPE_NAMES: Final = frozenset(
+    {"bool", "bytea", "name", "int8", "int2", "int4", "text", "oid", "json", "point", "lseg",
+     "path", "box", "polygon", "line", "cidr", "float4", "float8", "unknown", "circle",
+     "macaddr8", "macaddr", "inet", "varchar", "date", "time", "timestamp", "timestamptz",
+     "interval", "timetz", "bit", "varbit", "numeric", "record", "uuid", "jsonb", "int4range",
+     "numrange", "tsrange", "tstzrange", "daterange", "int8range", "jsonpath", "money", "void"}
+)  # fmt: skip
+#: sqlx spells these differently from pg_type.
+_SPECIAL_TYPE_NAMES: Final = {"char": '"CHAR"', "bpchar": "CHAR"}
+# How row_to_json prints timestamps (XSD style): fractional seconds trimmed, offset in the
+# session time zone. Anything else (infinity, BC dates, years past 9999) is kept as printed.
+_TIMESTAMP: Final = re.compile(
+    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?"
+    r"(?:([+-])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?",
+    re.ASCII,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +93,22 @@ def check_columns(columns: Sequence[Column], type_name: Callable[[int], str]) ->
     for column in columns:
         if column.type_oid not in SUPPORTED_TYPE_OIDS:
             raise StepError(
-                f"Unsupported column type '{type_name(column.type_oid).upper()}' for column "
-                f"'{column.name}'. Supported types: {_SUPPORTED_NAMES}."
+                f"Unsupported column type '{display_type_name(type_name(column.type_oid))}' "
+                f"for column '{column.name}'. Supported types: {_SUPPORTED_NAMES}."
             )
+
+
+def display_type_name(typname: str) -> str:
+    """A pg_type name as pg_durable's error reports it: ``INTERVAL``, ``INT4[]``, ``"CHAR"``,
+    and other types (``regclass``, enums, composites) by their own name."""
+    if typname in _SPECIAL_TYPE_NAMES:
+        return _SPECIAL_TYPE_NAMES[typname]
+    if typname in _KNOWN_TYPE_NAMES:
+        return typname.upper()
+    element = typname[1:] if typname.startswith("_") else ""
+    if element in _SPECIAL_TYPE_NAMES or element in _KNOWN_TYPE_NAMES:
+        return display_type_name(element) + "[]"
+    return typname
 
 
 def build_result(columns: Sequence[Column], rows: Sequence[str]) -> str:
@@ -88,6 +121,12 @@ def build_result(columns: Sequence[Column], rows: Sequence[str]) -> str:
     out = []
     for text in rows:
         pairs: _Pairs = json.loads(text, object_pairs_hook=_Pairs, parse_float=_Raw, parse_int=_Raw)
+        if len(pairs) != len(columns):
+            # The statement's shape changed between its Describe and its execution.
+            raise StepError(
+                f"The result of the statement has {len(pairs)} columns where {len(columns)} "
+                "were described; the statement's result shape changed while it ran. Retry it."
+            )
         row: dict[str, object] = {}
         for column, (_key, value) in zip(columns, pairs, strict=True):
             row[column.name] = _value(column.type_oid, value)
@@ -107,7 +146,41 @@ def _value(type_oid: int, value: object) -> object:
         return str(value)
     if type_oid in (JSON, JSONB):
         return _plain(value)
+    if type_oid in (TIMESTAMPTZ, TIMESTAMP) and isinstance(value, str):
+        return _timestamp(value, utc=type_oid == TIMESTAMPTZ)
     return value
+
+
+def _timestamp(text: str, *, utc: bool) -> str:
+    """A timestamp as pg_durable prints it (Rust chrono): ``2024-06-15T12:30:00`` plus
+    ``.fff`` or ``.ffffff`` when the fraction is not zero, and for timestamptz the instant in
+    UTC with ``+00:00`` (RFC 3339) whatever the session's time zone."""
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None or (match.group(3) is None) == utc:
+        return text
+    base, fraction, sign, hours, minutes, seconds = match.groups()
+    micros = int((fraction or "").ljust(6, "0"))
+    if utc and (hours, minutes or "00", seconds or "00") != ("00", "00", "00"):
+        offset = timedelta(hours=int(hours), minutes=int(minutes or 0), seconds=int(seconds or 0))
+        try:
+            local = datetime.fromisoformat(base).replace(
+                microsecond=micros, tzinfo=timezone(-offset if sign == "-" else offset)
+            )
+        except ValueError:
+            return text  # an offset of a day or more: not something PostgreSQL prints
+        try:
+            instant = local.astimezone(UTC)
+        except OverflowError:
+            return text
+        micros = instant.microsecond
+        base = instant.replace(microsecond=0, tzinfo=None).isoformat()
+    if micros == 0:
+        digits = ""
+    elif micros % 1000 == 0:
+        digits = f".{micros // 1000:03d}"
+    else:
+        digits = f".{micros:06d}"
+    return base + digits + ("+00:00" if utc else "")
 
 
 def _float(type_oid: int, value: object) -> float | None:

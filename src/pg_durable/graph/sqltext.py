@@ -13,6 +13,13 @@ import re
 from typing import Final
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WORD_CHARS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_$]*")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+#: Keywords a parenthesised query starts with, and what may follow it in a statement.
+_QUERY_KEYWORDS: Final = frozenset({"SELECT", "VALUES", "WITH", "TABLE"})
+_QUERY_CONTINUATIONS: Final = frozenset(
+    {"UNION", "INTERSECT", "EXCEPT", "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR"}
+)
 
 #: First keywords of SQL statements; anything else in a condition is an expression.
 STATEMENT_KEYWORDS: Final = frozenset(
@@ -113,13 +120,71 @@ def leading_keywords(text: str, count: int = 4) -> list[str]:
     return words
 
 
+def _skip_quoted(text: str, pos: int) -> int:
+    """The position after the literal, quoted identifier or dollar-quoted string at ``pos``,
+    or ``pos`` itself if none starts there."""
+    char = text[pos]
+    if char in "'\"":
+        # 'it''s' and "a""b": a doubled quote stays inside. Backslash escapes (E'\'') are
+        # not followed: at worst the text then reads as a statement, as it starts like one.
+        end = pos + 1
+        while True:
+            end = text.find(char, end)
+            if end < 0:
+                return len(text)
+            if not text.startswith(char, end + 1):
+                return end + 1
+            end += 2
+    if char == "$":
+        tag = _DOLLAR_TAG.match(text, pos)
+        if tag is not None:
+            end = text.find(tag.group(0), tag.end())
+            return len(text) if end < 0 else end + len(tag.group(0))
+    return pos
+
+
+def _closing_paren(text: str, pos: int) -> int:
+    """The position after the parenthesis matching the one at ``text[pos] == '('``."""
+    depth = 0
+    while pos < len(text):
+        pos = _skip_space_and_comments(text, pos)
+        if pos >= len(text):
+            break
+        char = text[pos]
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return pos + 1
+        else:
+            # A whole word first: "a$b$" is an identifier, not the start of a dollar quote.
+            word = _WORD_CHARS.match(text, pos)
+            after = word.end() if word is not None else _skip_quoted(text, pos)
+            if after != pos:
+                pos = after
+                continue
+        pos += 1
+    return len(text)
+
+
 def is_statement(text: str) -> bool:
     """Whether ``text`` reads as an SQL statement rather than a bare expression."""
     pos = _skip_space_and_comments(text, 0)
     if text.startswith("(", pos):
-        # "(SELECT 1)" is a statement; "(1 > 0)" is an expression.
-        inner = leading_keywords(text[pos + 1 :], 1)
-        return bool(inner) and inner[0] in ("SELECT", "VALUES", "WITH", "TABLE")
+        # "(SELECT 1)" and "(SELECT 1) UNION (SELECT 2)" are statements; "(1 > 0)" and
+        # "(SELECT count(*) FROM t) > 5" are expressions.
+        inner = _skip_space_and_comments(text, pos + 1)
+        while text.startswith("(", inner):
+            inner = _skip_space_and_comments(text, inner + 1)
+        first = leading_keywords(text[inner:], 1)
+        if not first or first[0] not in _QUERY_KEYWORDS:
+            return False
+        after = _skip_space_and_comments(text, _closing_paren(text, pos))
+        if after >= len(text) or text.startswith(";", after):
+            return True
+        follow = leading_keywords(text[after:], 1)
+        return bool(follow) and follow[0] in _QUERY_CONTINUATIONS
     words = leading_keywords(text, 1)
     return bool(words) and words[0] in STATEMENT_KEYWORDS
 

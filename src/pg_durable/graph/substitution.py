@@ -49,6 +49,16 @@ class _NotJson:
 _NOT_JSON: Final = _NotJson()
 
 
+def _reject_constant(name: str) -> object:
+    # NaN and ±Infinity are not JSON (serde_json rejects them); Python's parser accepts them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_identifier_char(char: str) -> bool:
+    """ASCII only, like the identifiers result names are made of (``[A-Za-z0-9_]``)."""
+    return char.isascii() and (char.isalnum() or char == "_")
+
+
 def substitute(
     text: str,
     *,
@@ -124,7 +134,7 @@ class _Results:
                     return (text[at:after] if value is None else value), after
             if rest.startswith("?"):
                 return self._scalar(name, null_safe=True), end + 1
-            if rest and (rest[0].isalnum() or rest[0] == "_"):
+            if rest and _is_identifier_char(rest[0]):
                 continue  # $order_idx is not $order_id: try a shorter name
             return self._scalar(name, null_safe=False), end
         return None
@@ -215,6 +225,7 @@ class _Results:
                     object_pairs_hook=_Pairs,
                     parse_float=_Raw,
                     parse_int=_Raw,
+                    parse_constant=_reject_constant,
                 )
             except ValueError:
                 self._parsed[name] = _NOT_JSON

@@ -8,13 +8,31 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from typing import Final
 
-_TRUE_WORDS = frozenset({"true", "t", "yes"})
-_FALSE_WORDS = frozenset({"false", "f", "no"})
+_TRUE_WORDS: Final = frozenset({"true", "t", "yes"})
+_FALSE_WORDS: Final = frozenset({"false", "f", "no"})
+# What Rust's ``str::parse::<f64>`` accepts: ASCII digits, no underscores, no whitespace
+# (Python's float() also takes "1_0" and non-ASCII digits).
+_FLOAT: Final = re.compile(
+    r"[+-]?(?:inf|infinity|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)",
+    re.IGNORECASE | re.ASCII,
+)
 
 
 class _Pairs(list[tuple[str, object]]):
     """A JSON object as its pairs, so "the first column" is the first key in the text."""
+
+
+def _reject_constant(name: str) -> object:
+    # NaN and ±Infinity are not JSON (serde_json rejects them); Python's parser accepts them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(text: str) -> object:
+    """``text`` parsed as strict JSON; raises ValueError if it is not JSON."""
+    return json.loads(text, object_pairs_hook=_Pairs, parse_constant=_reject_constant)
 
 
 def is_truthy(result: str) -> bool:
@@ -24,7 +42,7 @@ def is_truthy(result: str) -> bool:
     first column; any other JSON value, or non-JSON text, is judged by itself.
     """
     try:
-        value = json.loads(result, object_pairs_hook=_Pairs)
+        value = _parse_json(result)
     except ValueError:
         return _string_truth(result)
     if isinstance(value, _Pairs):
@@ -61,11 +79,10 @@ def _string_truth(text: str) -> bool:
         return True
     if lowered in _FALSE_WORDS:
         return False
-    try:
-        number = float(word)
-    except ValueError:
+    if _FLOAT.fullmatch(word) is None:
         # Any other word is true — also 'off' and 'n', as in pg_durable.
         return True
+    number = float(word)
     return math.isnan(number) or number != 0
 
 
@@ -75,7 +92,10 @@ def break_value_json(raw: str | None) -> str:
     if raw is None:
         return "null"
     try:
-        json.loads(raw)
-    except ValueError:
+        value = _parse_json(raw)
+        # A lone surrogate escape ("\ud800") parses here but is not valid JSON elsewhere
+        # (serde_json and PostgreSQL's jsonb reject it).
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
         return json.dumps(raw, ensure_ascii=False)
     return raw.strip()
