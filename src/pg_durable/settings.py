@@ -26,6 +26,11 @@ class Settings:
     dsn: str = ""
     #: Steps executed at once by this worker (one database connection each).
     concurrency: int = 10
+    #: Runnable steps a connection claims and commits together in one transaction.
+    batch_size: int = 16
+    #: Seconds after which a batch takes no more steps (how long a quick step's commit may
+    #: wait for the steps batched with it).
+    batch_window: float = 0.02
     #: Seconds between polls for work when no NOTIFY arrives (NOTIFY is a hint, not the truth).
     poll_interval: float = 1.0
     #: Seconds between heartbeats written to df._workers.
@@ -61,6 +66,10 @@ class Settings:
             raise ConfigurationError("no database given: pass --dsn or set PG_DURABLE_DSN")
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1 (got {self.concurrency})")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1 (got {self.batch_size})")
+        if self.batch_window < 0:
+            raise ConfigurationError("batch_window cannot be negative")
         for name in ("poll_interval", "heartbeat_interval", "reconnect_max_backoff"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive (got {getattr(self, name)})")

@@ -28,6 +28,8 @@ EXIT_CANCELLED = 1
 _HELP = {
     "dsn": "database to serve, as a libpq URL or key=value string",
     "concurrency": "steps executed at once, one database connection each",
+    "batch_size": "most runnable steps a connection runs and commits in one transaction",
+    "batch_window": "seconds after which a batch takes no more steps",
     "poll_interval": "seconds between polls for work when no NOTIFY arrives",
     "heartbeat_interval": "seconds between heartbeats written to df._workers",
     "shutdown_grace": "seconds a graceful stop waits for in-flight steps before cancelling",

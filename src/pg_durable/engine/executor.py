@@ -1,28 +1,42 @@
-"""Executing one claimed fiber: one transaction, at most one user statement.
+"""Advancing claimed fibers: one transaction per batch, its steps and their checkpoints.
 
-The transaction that holds the fiber's row lock runs the user's statement (through the
-submitter's step function), the interpreter's decisions, and ``df._commit_step`` — and commits
-them together. If the statement fails, the transaction is rolled back, the fiber is claimed
-again at the same version, and the failure is recorded instead (a statement PostgreSQL refuses
-in a transaction block is then run in autocommit, at least once).
+A slot claims up to ``batch_size`` runnable fibers (``FOR UPDATE SKIP LOCKED``) in one
+transaction. For each, the interpreter decides what runs, the slot runs at most one user
+statement for it (sqlstep.py), and the resulting plan — node stamps, the fiber's next
+position, new fibers — is written by ``df._commit_steps`` in the same transaction. One COMMIT
+makes every statement of the batch and its checkpoint durable together; a crash before it
+leaves no trace of any of them, and each step runs once more.
+
+Batching amortises the round trips and the WAL flush of a transaction over several steps. A
+batch stops taking new steps once it has run for ``batch_window`` seconds, and a statement
+known to be slow only ever runs first in its batch, so a long step delays the commit of at
+most the quick steps before it. Whatever a batch cannot record — a statement that needs
+autocommit, a conflict between two of its steps, a statement that aborted the transaction —
+is run again alone (:meth:`Executor.run_single`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import psycopg
-from psycopg import errors as pgerrors
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from pg_durable.engine.identity import Role, StepRunner
-from pg_durable.errors import GraphError, StepError, SubstitutionError
+from pg_durable.engine.sqlstep import (
+    BatchConflict,
+    Cancelled,
+    Connections,
+    NeedsAutocommit,
+    SqlSteps,
+    StatementAborted,
+)
+from pg_durable.errors import GraphError, SubstitutionError
 from pg_durable.graph.interpreter import (
     ChildResult,
     Context,
@@ -36,19 +50,16 @@ from pg_durable.graph.interpreter import (
     outcome_to_json,
 )
 from pg_durable.graph.model import Graph, NodeRow
-from pg_durable.graph.sqlresult import SUPPORTED_TYPE_OIDS, build_result, check_columns
-from pg_durable.graph.sqltext import as_condition_query, needs_autocommit
+from pg_durable.graph.sqltext import as_condition_query
 from pg_durable.graph.substitution import substitute
 from pg_durable.queries import query
 
 logger = logging.getLogger(__name__)
 
-AConn = psycopg.AsyncConnection[DictRow]
+Row = dict[str, Any]
 #: Control-flow transitions allowed in one transaction besides the one user statement.
 _MAX_INLINE: Final = 64
 _GRAPH_CACHE_SIZE: Final = 2048
-EMPTY_RESULT: Final = '{"rows":[],"row_count":0}'
-STALE: Final = "PD001"
 #: Seconds a fiber stays leased to the worker running its autocommit statement.
 AUTOCOMMIT_LEASE: Final = 3600
 
@@ -63,69 +74,328 @@ class LoadedInstance:
 
 @dataclass(slots=True)
 class Attempt:
-    """What an earlier, rolled-back attempt at the same fiber version learned."""
+    """Outcomes an earlier, rolled-back attempt at the same fiber version already knows."""
 
     outcomes: dict[str, Outcome] = field(default_factory=dict)
-
-
-class UserStatementFailed(Exception):
-    """The user's statement failed; the transaction is aborted and must be rolled back.
-
-    ``outcome`` is None when the statement must run again in autocommit (``role``, ``text``).
-    """
-
-    def __init__(
-        self, node_id: str, outcome: Outcome | None, role: Role | None = None, text: str = ""
-    ) -> None:
-        super().__init__(node_id)
-        self.node_id = node_id
-        self.outcome = outcome
-        self.role = role
-        self.text = text
 
 
 class InstanceUnrunnable(Exception):
     """The instance cannot run at all (bad graph, dropped role, refused superuser)."""
 
 
-@dataclass(slots=True)
-class Connections:
-    """What a slot lends the executor: its step connection (a transaction is open on it when
-    :meth:`Executor.process` is called), the worker's autocommit control connection (DDL of
-    step functions), an autocommit side connection for statements that refuse transaction
-    blocks, and whether the worker asked to cancel the running statement."""
-
-    conn: AConn
-    control: AConn
-    open_side: Callable[[], Awaitable[AConn]]
-    side: AConn | None = None
-    cancel_requested: bool = False
-
-    async def side_conn(self) -> AConn:
-        if self.side is None or self.side.closed or self.side.broken:
-            self.side = await self.open_side()
-        return self.side
-
-
 @dataclass(frozen=True, slots=True)
-class Continue:
-    """The fiber is runnable again at once: claim it by version in the next transaction."""
+class Retry:
+    """A fiber to claim again (at ``version``) and run alone."""
 
     scope: str
     version: int
-    instance_id: str
+    attempt: Attempt
+
+    @classmethod
+    def of(cls, row: Row, aborted: _Aborted | None = None) -> Retry:
+        attempt = Attempt()
+        if aborted is not None and aborted.outcome is not None:
+            attempt.outcomes[aborted.node_id] = aborted.outcome
+        return cls(str(row["scope"]), int(row["version"]), attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a batch left to do: fibers to run alone, and how many it released unrun."""
+
+    retries: list[Retry]
+    released: int
+
+
+class Postponed(Exception):
+    """The fiber's next statement is known to be slow: it goes first in a later batch."""
+
+
+class _Deferred(Exception):
+    """Run this fiber again alone, in a transaction of its own."""
+
+
+class _NeedsAutocommit(_Deferred):
+    """Run ``text`` of ``node_id`` as ``role`` outside any transaction block."""
+
+    def __init__(self, node_id: str, role: Role, text: str) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+        self.role = role
+        self.text = text
+
+
+class _Aborted(Exception):
+    """The transaction is lost; ``node_id`` should record ``outcome`` (None: nothing)."""
+
+    def __init__(self, node_id: str, outcome: Outcome | None) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+        self.outcome = outcome
 
 
 class Executor:
-    """Runs claimed fibers. One per worker; slots call :meth:`process` with their connection."""
+    """Runs claimed fibers. One per worker; slots call it with their connections."""
 
-    def __init__(self, runner: StepRunner) -> None:
-        self.runner = runner
+    def __init__(self, runner: StepRunner, *, batch_window: float) -> None:
+        self.batch_window = batch_window
+        self.sql = SqlSteps(runner, slow_seconds=batch_window)
         self._instances: OrderedDict[str, LoadedInstance] = OrderedDict()
-        self._type_names: dict[int, str] = {}
 
-    # -- the instance's frozen graph ----------------------------------------------------------
-    async def _load(self, conn: AConn, instance_id: str) -> LoadedInstance:
+    # -- transactions ---------------------------------------------------------------------------
+    async def run_batch(self, conns: Connections, rows: list[Row]) -> Batch:
+        """Advance the fibers claimed in ``rows`` (their transaction is open on ``conns.conn``)
+        and commit."""
+        conn = conns.conn
+        batched = len(rows) > 1
+        plans: list[dict[str, Any]] = []
+        alone: list[Retry] = []
+        released = 0
+        started = time.monotonic()
+        try:
+            for index, row in enumerate(rows):
+                if index and time.monotonic() - started > self.batch_window:
+                    released = len(rows) - index  # released at commit, for the next batch
+                    break
+                try:
+                    plan = await self._advance(
+                        conns, row, Attempt(), first=index == 0, batched=batched
+                    )
+                except Postponed:
+                    released = len(rows) - index
+                    break
+                except _Deferred:
+                    alone.append(Retry.of(row))
+                    continue
+                if plan is not None:
+                    plans.append(plan)
+            await self._commit(conns.conn, plans)
+        except (Cancelled, psycopg.errors.QueryCanceled):
+            await self._cancelled(conns)
+            return Batch([], len(rows))
+        except _Aborted as aborted:
+            await conn.execute("ROLLBACK")
+            if batched:
+                return Batch([Retry.of(row) for row in rows], 0)
+            # Record what the rolled-back attempt learned, in a new transaction.
+            return Batch([Retry.of(rows[0], aborted)], 0)
+        except psycopg.OperationalError:
+            raise
+        except Exception:
+            if not batched:
+                raise
+            # Find the fiber at fault by running each alone; the others lose nothing.
+            await conn.execute("ROLLBACK")
+            logger.debug("batch of %d rolled back; running its fibers alone", len(rows))
+            return Batch([Retry.of(row) for row in rows], 0)
+        return Batch(alone, released)
+
+    async def run_single(self, conns: Connections, row: Row, attempt: Attempt) -> None:
+        """Advance one fiber in the transaction open on ``conns.conn`` and commit; a statement
+        that needs autocommit or that aborted the transaction is dealt with here."""
+        conn = conns.conn
+        while True:
+            version = int(row["version"])
+            try:
+                plan = await self._advance(conns, row, attempt, first=True, batched=False)
+                await self._commit(conn, [] if plan is None else [plan])
+                return
+            except (Cancelled, psycopg.errors.QueryCanceled):
+                await self._cancelled(conns)
+                return
+            except _Aborted as aborted:
+                await conn.execute("ROLLBACK")
+                if aborted.outcome is not None:
+                    attempt.outcomes[aborted.node_id] = aborted.outcome
+            except _NeedsAutocommit as needs:
+                # Lease the fiber (and commit), run the statement outside any transaction,
+                # then record its outcome under the lease.
+                cur = await conn.execute(
+                    query("lease_fiber"),
+                    {"scope": row["scope"], "version": version, "seconds": AUTOCOMMIT_LEASE},
+                )
+                leased = await cur.fetchone()
+                await conn.execute("COMMIT")
+                if leased is None:
+                    return
+                version = int(leased["version"])
+                attempt.outcomes[needs.node_id] = await self.sql.run_autocommit(
+                    conns, needs.role, needs.text
+                )
+            # Claim the fiber again; if another worker got it meanwhile, it runs the step.
+            await conn.execute("BEGIN")
+            cur = await conn.execute(
+                query("claim_scope"), {"scope": row["scope"], "version": version}
+            )
+            again = await cur.fetchone()
+            if again is None:
+                await conn.execute("ROLLBACK")
+                return
+            row = dict(again)
+
+    async def _cancelled(self, conns: Connections) -> None:
+        """The worker cancelled a statement of this transaction: roll it all back. The
+        fibers stay claimable; whatever is stale about them is found when they are next run."""
+        conns.cancel_pending = False
+        await conns.conn.execute("ROLLBACK")
+
+    async def _commit(
+        self, conn: psycopg.AsyncConnection[Any], plans: list[dict[str, Any]]
+    ) -> None:
+        if plans:
+            cur = await conn.execute(query("commit_steps"), {"plans": Jsonb(plans)})
+            for stale in await cur.fetchall():
+                logger.debug(
+                    "discarded the plan of stale fiber %s",
+                    stale["scope"],
+                    extra={"action": "stale_step"},
+                )
+        await conn.execute("COMMIT")
+        for plan in plans:
+            outcome = plan["instance"]
+            if outcome is not None:
+                self.forget_instance(plan["instance_id"])
+                logger.info(
+                    "instance %s %s",
+                    plan["instance_id"],
+                    outcome["status"],
+                    extra={
+                        "action": f"instance_{outcome['status']}",
+                        "instance_id": plan["instance_id"],
+                    },
+                )
+
+    # -- one fiber ------------------------------------------------------------------------------
+    async def _advance(
+        self, conns: Connections, row: Row, attempt: Attempt, *, first: bool, batched: bool
+    ) -> dict[str, Any] | None:
+        """Decide and perform the fiber's next transitions; returns its plan (None: the fiber
+        was dropped or its instance failed, already written)."""
+        conn = conns.conn
+        instance_id = str(row["instance_id"])
+        if row["instance_status"] not in ("pending", "running"):
+            # Cancelled (or otherwise finished): nothing of it runs any more.
+            await conn.execute(
+                query("drop_fibers"), {"instance_id": instance_id, "scope": row["scope"]}
+            )
+            self.forget_instance(instance_id)
+            return None
+        try:
+            loaded = await self._load(conn, instance_id)
+        except InstanceUnrunnable as exc:
+            logger.error("%s", exc, extra={"action": "instance_failed", "instance_id": instance_id})
+            await conn.execute(
+                query("fail_instance"), {"instance_id": instance_id, "message": str(exc)}
+            )
+            return None
+
+        fiber = _fiber_from_row(row)
+        plan = Plan()
+        ctx = Context(loaded.graph, loaded.variables, loaded.label, float(row["db_now"]))
+        interp = Interpreter(ctx, fiber, plan)
+        graph = loaded.graph
+        node = graph.node(fiber.node_id)
+        statement_ran = False
+        if "start" in fiber.state:
+            interp.start()
+        elif "iterate" in fiber.state:
+            interp.iterate()
+        elif node.type in ("JOIN", "RACE") or (node.type == "LOOP" and node.id != fiber.root_node):
+            interp.resume(await self._children(conn, fiber), row["first_done"])
+        else:
+            statement_ran = node.type == "SQL"
+            interp.complete_step(
+                await self._perform(
+                    conns, loaded, fiber, attempt, may_be_slow=first, batched=batched
+                )
+            )
+        # Carry on in this transaction while the fiber is at a step that is due now, but run
+        # at most one user statement per fiber and transaction (its checkpoint is this commit).
+        for _ in range(_MAX_INLINE):
+            if fiber.status != "ready" or fiber.not_before is not None or fiber.delay > 0:
+                break
+            node = graph.node(fiber.node_id)
+            if node.type == "SLEEP" or (node.type == "SQL" and not statement_ran):
+                outcome = await self._perform(
+                    conns, loaded, fiber, attempt, may_be_slow=first, batched=batched
+                )
+                statement_ran = statement_ran or node.type == "SQL"
+                interp.complete_step(outcome)
+            else:
+                break
+        return _plan_json(fiber, plan, instance_id)
+
+    async def _perform(
+        self,
+        conns: Connections,
+        loaded: LoadedInstance,
+        fiber: Fiber,
+        attempt: Attempt,
+        *,
+        may_be_slow: bool,
+        batched: bool,
+    ) -> Outcome:
+        node = loaded.graph.node(fiber.node_id)
+        if node.type == "SLEEP":
+            return Ok(f'{{"slept":true,"seconds":{node.seconds}}}')
+        if node.type != "SQL":
+            return Failed(
+                f"{node.type} nodes are not supported by this version of the pg_durable worker"
+            )
+        known = attempt.outcomes.get(node.id)
+        if known is not None:
+            return known
+        try:
+            text = substitute(
+                node.query or "",
+                variables=loaded.variables,
+                results=fiber.results,
+                instance_id=loaded.graph.instance_id,
+                label=loaded.label,
+                mode="sql",
+            )
+        except SubstitutionError as exc:
+            return Failed(str(exc))
+        if node.id in loaded.graph.conditions:
+            text = as_condition_query(text)
+        if not may_be_slow and self.sql.is_slow(text):
+            raise Postponed
+        try:
+            return await self.sql.run(
+                conns,
+                loaded.role,
+                text,
+                instance_id=loaded.graph.instance_id,
+                scope=fiber.scope,
+                batched=batched,
+            )
+        except BatchConflict:
+            raise _Deferred from None
+        except NeedsAutocommit:
+            raise _NeedsAutocommit(node.id, loaded.role, text) from None
+        except StatementAborted as exc:
+            raise _Aborted(node.id, exc.outcome) from None
+
+    async def _children(
+        self, conn: psycopg.AsyncConnection[Any], fiber: Fiber
+    ) -> list[ChildResult]:
+        cur = await conn.execute(
+            query("children"),
+            {"scope": fiber.scope, "node_id": fiber.node_id, "generation": fiber.generation},
+        )
+        return [
+            ChildResult(
+                scope=str(r["scope"]),
+                branch=int(r["branch"]),
+                root_node=str(r["root_node"]),
+                outcome=outcome_from_json(r["outcome"]),
+                results=dict(r["results"] or {}),
+            )
+            for r in await cur.fetchall()
+        ]
+
+    # -- the instance's frozen graph ------------------------------------------------------------
+    async def _load(self, conn: psycopg.AsyncConnection[Any], instance_id: str) -> LoadedInstance:
         cached = self._instances.get(instance_id)
         if cached is not None:
             self._instances.move_to_end(instance_id)
@@ -169,264 +439,8 @@ class Executor:
     def forget_instance(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)
 
-    # -- one transaction ----------------------------------------------------------------------
-    async def process(self, conns: Connections, row: dict[str, Any]) -> Continue | None:
-        """Advance the fiber in ``row`` (claimed in the transaction open on ``conns.conn``)
-        and commit. Returns what to continue with, if anything."""
-        conn = conns.conn
-        attempt = Attempt()
-        while True:
-            try:
-                return await self._attempt(conns, row, attempt)
-            except UserStatementFailed as failure:
-                await conn.execute("ROLLBACK")
-                version = int(row["version"])
-                if failure.outcome is None:
-                    leased = await self._run_autocommit_step(conns, row, failure)
-                    if leased is None:
-                        return None
-                    version, outcome = leased
-                else:
-                    outcome = failure.outcome
-                attempt.outcomes[failure.node_id] = outcome
-                # Claim the fiber again; if another worker got it meanwhile, it repeats the
-                # (rolled back) step itself.
-                await conn.execute("BEGIN")
-                cur = await conn.execute(
-                    query("claim_scope"), {"scope": row["scope"], "version": version}
-                )
-                again = await cur.fetchone()
-                if again is None:
-                    await conn.execute("ROLLBACK")
-                    return None
-                row = dict(again)
 
-    async def _attempt(
-        self, conns: Connections, row: dict[str, Any], attempt: Attempt
-    ) -> Continue | None:
-        conn = conns.conn
-        instance_id = str(row["instance_id"])
-        if row["instance_status"] not in ("pending", "running"):
-            # Cancelled (or otherwise finished): nothing of it runs any more.
-            await conn.execute(
-                query("drop_stale_fiber"), {"instance_id": instance_id, "scope": instance_id}
-            )
-            await conn.execute("COMMIT")
-            self.forget_instance(instance_id)
-            return None
-        try:
-            loaded = await self._load(conn, instance_id)
-        except InstanceUnrunnable as exc:
-            logger.error("%s", exc, extra={"action": "instance_failed", "instance_id": instance_id})
-            await conn.execute(
-                query("fail_instance"), {"instance_id": instance_id, "message": str(exc)}
-            )
-            await conn.execute("COMMIT")
-            return None
-
-        fiber = _fiber_from_row(row)
-        plan = Plan()
-        ctx = Context(loaded.graph, loaded.variables, loaded.label, float(row["db_now"]))
-        interp = Interpreter(ctx, fiber, plan)
-        graph = loaded.graph
-        node = graph.node(fiber.node_id)
-        statement_ran = False
-        if "start" in fiber.state:
-            interp.start()
-        elif "iterate" in fiber.state:
-            interp.iterate()
-        elif node.type in ("JOIN", "RACE") or (node.type == "LOOP" and node.id != fiber.root_node):
-            children = await self._children(conn, fiber)
-            interp.resume(children, row["first_done"])
-        else:
-            outcome = await self._perform(conns, loaded, fiber, attempt)
-            statement_ran = node.type == "SQL"
-            interp.complete_step(outcome)
-
-        # Carry on in this transaction while the fiber is at a step that is due now, but run
-        # at most one user statement per transaction (its checkpoint is this commit).
-        for _ in range(_MAX_INLINE):
-            if fiber.status != "ready" or fiber.not_before is not None or fiber.delay > 0:
-                break
-            node = graph.node(fiber.node_id)
-            if node.type == "SLEEP" or (node.type == "SQL" and not statement_ran):
-                statement_ran = statement_ran or node.type == "SQL"
-                outcome = await self._perform(conns, loaded, fiber, attempt)
-                interp.complete_step(outcome)
-            else:
-                break
-
-        if plan.instance is not None:
-            self.forget_instance(instance_id)
-        payload = _plan_json(fiber, plan, instance_id)
-        try:
-            await conn.execute(query("commit_step"), {"plan": Jsonb(payload)})
-        except psycopg.Error as exc:
-            if exc.sqlstate != STALE:
-                raise
-            # A lost race or a cancelled instance: this step's work must not commit.
-            await conn.execute("ROLLBACK")
-            await conn.execute(
-                query("drop_stale_fiber"), {"instance_id": instance_id, "scope": fiber.scope}
-            )
-            logger.debug(
-                "discarded stale step of fiber %s: %s",
-                fiber.scope,
-                exc.diag.message_primary,
-                extra={"action": "stale_step", "instance_id": instance_id},
-            )
-            return None
-        # A statement may have changed session settings; they must not leak into the next step.
-        await conn.execute("RESET ALL")
-        await conn.execute("COMMIT")
-        if plan.instance is not None:
-            logger.info(
-                "instance %s %s",
-                instance_id,
-                plan.instance.status,
-                extra={"action": f"instance_{plan.instance.status}", "instance_id": instance_id},
-            )
-        if fiber.status == "ready" and fiber.delay == 0 and fiber.not_before is None:
-            return Continue(fiber.scope, int(row["version"]) + 1, instance_id)
-        return None
-
-    async def _children(self, conn: AConn, fiber: Fiber) -> list[ChildResult]:
-        cur = await conn.execute(
-            query("children"),
-            {"scope": fiber.scope, "node_id": fiber.node_id, "generation": fiber.generation},
-        )
-        return [
-            ChildResult(
-                scope=str(r["scope"]),
-                branch=int(r["branch"]),
-                root_node=str(r["root_node"]),
-                outcome=outcome_from_json(r["outcome"]),
-                results=dict(r["results"] or {}),
-            )
-            for r in await cur.fetchall()
-        ]
-
-    # -- steps --------------------------------------------------------------------------------
-    async def _perform(
-        self, conns: Connections, loaded: LoadedInstance, fiber: Fiber, attempt: Attempt
-    ) -> Outcome:
-        node = loaded.graph.node(fiber.node_id)
-        if node.type == "SLEEP":
-            return Ok(f'{{"slept":true,"seconds":{node.seconds}}}')
-        if node.type != "SQL":
-            return Failed(
-                f"{node.type} nodes are not supported by this version of the pg_durable worker"
-            )
-        known = attempt.outcomes.get(node.id)
-        if known is not None:
-            return known
-        try:
-            text = substitute(
-                node.query or "",
-                variables=loaded.variables,
-                results=fiber.results,
-                instance_id=loaded.graph.instance_id,
-                label=loaded.label,
-                mode="sql",
-            )
-        except SubstitutionError as exc:
-            return Failed(str(exc))
-        if node.id in loaded.graph.conditions:
-            text = as_condition_query(text)
-        return await self._run_sql(conns, loaded, node.id, text)
-
-    async def _run_sql(
-        self, conns: Connections, loaded: LoadedInstance, node_id: str, text: str
-    ) -> Outcome:
-        conn, control = conns.conn, conns.control
-        role = loaded.role
-        await self.runner.ensure_function(control, role)
-        try:
-            columns = await self.runner.describe(conn, role, text)
-            unknown = [c.type_oid for c in columns if c.type_oid not in SUPPORTED_TYPE_OIDS]
-            if unknown:
-                await self._learn_type_names(conn, unknown)
-            try:
-                check_columns(columns, lambda oid: self._type_names.get(oid, str(oid)))
-            except StepError as exc:
-                return Failed(str(exc))
-            rows = await self.runner.run(conn, role, text, bool(columns))
-        except pgerrors.UndefinedFunction as exc:
-            self.runner.forget(role)
-            if not await self.runner.role_exists(control, role):
-                raise UserStatementFailed(
-                    node_id,
-                    Failed(
-                        f"Instance {loaded.graph.instance_id}: submitted_by role no longer "
-                        "exists in pg_roles"
-                    ),
-                ) from exc
-            raise UserStatementFailed(node_id, _sql_failure(exc)) from exc
-        except psycopg.OperationalError:
-            raise
-        except pgerrors.QueryCanceled as exc:
-            if conns.cancel_requested:
-                # The worker cancelled it (lost race, cancelled instance, shutdown): nothing
-                # is recorded; the rollback undoes the step.
-                raise
-            raise UserStatementFailed(node_id, _sql_failure(exc)) from exc
-        except psycopg.Error as exc:
-            self.runner.invalidate(role, text)
-            if exc.sqlstate == "25001" and needs_autocommit(text):
-                raise UserStatementFailed(node_id, None, role, text) from exc
-            raise UserStatementFailed(node_id, _sql_failure(exc)) from exc
-        return Ok(build_result(columns, rows))
-
-    async def _run_autocommit_step(
-        self, conns: Connections, row: dict[str, Any], failure: UserStatementFailed
-    ) -> tuple[int, Outcome] | None:
-        """Run a statement PostgreSQL refuses in a transaction block (VACUUM, CREATE INDEX
-        CONCURRENTLY, …) with no transaction open on the step connection — CREATE INDEX
-        CONCURRENTLY waits for every older transaction, ours included. The fiber is leased
-        meanwhile (run_at pushed into the future, committed), so no other worker takes it; if
-        this worker dies, the lease runs out and the step runs again: at least once.
-
-        Returns the fiber's new version and the step's outcome, or None if the fiber moved on.
-        """
-        conn = conns.conn
-        assert failure.role is not None
-        await conn.execute("BEGIN")
-        cur = await conn.execute(
-            query("lease_fiber"),
-            {"scope": row["scope"], "version": row["version"], "seconds": AUTOCOMMIT_LEASE},
-        )
-        leased = await cur.fetchone()
-        await conn.execute("COMMIT")
-        if leased is None:
-            return None
-        outcome = await self._perform_autocommit(conns, failure.role, failure.text)
-        return int(leased["version"]), outcome
-
-    async def _perform_autocommit(self, conns: Connections, role: Role, text: str) -> Outcome:
-        side = await conns.side_conn()
-        try:
-            await self.runner.run_autocommit(side, role, text)
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
-            return _sql_failure(exc)
-        return Ok(EMPTY_RESULT)
-
-    async def _learn_type_names(self, conn: AConn, oids: list[int]) -> None:
-        missing = [o for o in oids if o not in self._type_names]
-        if not missing:
-            return
-        cur = await conn.execute(query("type_names"), {"oids": missing})
-        for r in await cur.fetchall():
-            self._type_names[int(r["oid"])] = str(r["typname"])
-
-
-def _sql_failure(exc: psycopg.Error) -> Failed:
-    message = exc.diag.message_primary or str(exc)
-    return Failed(f"SQL execution failed: error returned from database: {message}")
-
-
-def _fiber_from_row(row: dict[str, Any]) -> Fiber:
+def _fiber_from_row(row: Row) -> Fiber:
     return Fiber(
         scope=str(row["scope"]),
         instance_id=str(row["instance_id"]),
@@ -464,9 +478,10 @@ def _fiber_json(fiber: Fiber) -> dict[str, Any]:
 
 
 def _plan_json(fiber: Fiber, plan: Plan, instance_id: str) -> dict[str, Any]:
+    """The plan as df._apply_plan reads it."""
     root_done = fiber.parent_scope is None and fiber.status == "done"
     spawns = [_fiber_json(f) for f in plan.spawns]
-    payload: dict[str, Any] = {
+    return {
         "instance_id": instance_id,
         "scope": fiber.scope,
         "mark_running": plan.mark_running,
@@ -494,7 +509,6 @@ def _plan_json(fiber: Fiber, plan: Plan, instance_id: str) -> dict[str, Any]:
         ),
         "notify": any(s["status"] == "ready" and not s["delay"] for s in spawns),
     }
-    return payload
 
 
 def describe_outcome(outcome: Outcome) -> str:

@@ -1,21 +1,24 @@
 """Running a step as the role that submitted it, inescapably.
 
-Each submitting role gets one function ``df_exec.run_<role oid>(sql, returns_rows)``: SECURITY
+Each submitting role gets one function ``df_exec.step_<role oid>(sql, returns_rows)``: SECURITY
 DEFINER, owned by that role, in a schema no other role may use. Inside a security-definer
 function PostgreSQL refuses ``SET ROLE``, ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` and
 ``set_config('role', …)`` — also in anything the statement calls — so the step has exactly the
 privileges of its submitter and cannot leave them. The worker needs no password of the role and
 no ``trust`` in pg_hba.conf.
 
-The function returns each row as ``row_to_json`` text. Column names and types come from a
-protocol-level Describe of the statement (Parse only, nothing executes), done under ``SET LOCAL
-ROLE`` so names resolve as the submitter would resolve them; it also rejects multi-statement
-strings. Descriptions are cached per (role, statement text).
+The function returns each row as ``row_to_json`` text, and catches the statement's error (in a
+subtransaction) so that a failing step leaves the worker's transaction usable; ``df._step``
+calls it and then cleans the session for the next role. Column names and types come from a
+protocol-level Describe of the statement (Parse only, nothing executes) on the slot's side
+connection under ``SET ROLE``, so names resolve as the submitter would resolve them; it also
+rejects multi-statement strings. Descriptions are cached per (role, statement text).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,6 +42,26 @@ _DESCRIBE_CACHE_SIZE = 4096
 _ENSURE_LOCK_CLASS = 0x50474446
 
 
+class RoleGone(Exception):
+    """The submitting role no longer exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailure:
+    """The error a step's statement raised (caught inside its step function)."""
+
+    sqlstate: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepRows:
+    """What a step's statement returned: its rows as ``row_to_json`` texts, or its error."""
+
+    rows: list[str]
+    error: StepFailure | None
+
+
 @dataclass(frozen=True, slots=True)
 class Role:
     """The submitting role of an instance, as resolved when its graph was loaded."""
@@ -48,7 +71,8 @@ class Role:
 
     @property
     def function(self) -> str:
-        return f"run_{self.oid}"
+        # df._step derives the same name from the oid.
+        return f"step_{self.oid}"
 
     @property
     def signature(self) -> str:
@@ -59,8 +83,8 @@ class StepRunner:
     """Creates the per-role functions and runs statements through them. Shared by all slots."""
 
     def __init__(self) -> None:
-        # The control connection is shared by all slots: one DDL transaction at a time.
-        self._lock = asyncio.Lock()
+        #: Held while using the control connection, which all slots share.
+        self.lock = asyncio.Lock()
         self._ensured: set[int] = set()
         self._described: OrderedDict[tuple[int, str], tuple[Column, ...]] = OrderedDict()
 
@@ -75,7 +99,14 @@ class StepRunner:
         connection (DDL stays out of step transactions)."""
         if role.oid in self._ensured:
             return
-        async with self._lock, conn.transaction():
+        try:
+            await self._create_function(conn, role)
+        except psycopg.errors.UndefinedObject as exc:  # ALTER FUNCTION … OWNER TO a gone role
+            raise RoleGone(role.name) from exc
+        self._ensured.add(role.oid)
+
+    async def _create_function(self, conn: AnyConn, role: Role) -> None:
+        async with self.lock, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", (_ENSURE_LOCK_CLASS, role.oid % 2**31)
             )
@@ -94,24 +125,36 @@ class StepRunner:
                     role.name,
                     extra={"action": "create_exec_function"},
                 )
-        self._ensured.add(role.oid)
 
     async def role_exists(self, conn: AnyConn, role: Role) -> bool:
         """Whether ``role`` still exists (on the control connection)."""
-        async with self._lock:
+        async with self.lock:
             cur = await conn.execute(query("role_exists"), {"oid": role.oid})
             return await cur.fetchone() is not None
 
-    async def describe(self, conn: AnyConn, role: Role, text: str) -> tuple[Column, ...]:
-        """Column names and types of ``text`` as ``role`` sees it (inside the current txn)."""
+    async def describe(self, side: AnyConn, role: Role, text: str) -> tuple[Column, ...]:
+        """Column names and types of ``text`` as ``role`` sees it, on the autocommit ``side``
+        connection (so that a statement that does not parse leaves the step transaction
+        intact). Raises the statement's psycopg error if it does not parse."""
         key = (role.oid, text)
         cached = self._described.get(key)
         if cached is not None:
             self._described.move_to_end(key)
             return cached
-        await conn.execute("SELECT pg_catalog.set_config('role', %s, true)", (role.name,))
-        columns = await _describe(conn, text)
-        await conn.execute("RESET ROLE")
+        try:
+            await side.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role.name)))
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            cur = await side.execute(query("role_exists"), {"oid": role.oid})
+            if await cur.fetchone() is None:
+                self.forget(role)
+                raise RoleGone(role.name) from exc
+            raise
+        try:
+            columns = await _describe(side, text)
+        finally:
+            await side.execute("RESET ROLE")
         self._described[key] = columns
         if len(self._described) > _DESCRIBE_CACHE_SIZE:
             self._described.popitem(last=False)
@@ -121,18 +164,15 @@ class StepRunner:
         """Forget the description of ``text`` (the statement's result shape changed)."""
         self._described.pop((role.oid, text), None)
 
-    async def run(
-        self,
-        conn: AnyConn,
-        role: Role,
-        text: str,
-        returns_rows: bool,
-    ) -> list[str]:
-        """Execute ``text`` as ``role``; returns one JSON text per row."""
-        stmt = sql.SQL("SELECT {}(%s, %s)::text").format(sql.Identifier(EXEC_SCHEMA, role.function))
+    async def run(self, conn: AnyConn, role: Role, text: str, returns_rows: bool) -> StepRows:
+        """Execute ``text`` as ``role`` in the transaction open on ``conn`` (one round trip)."""
         cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(stmt, (text, returns_rows))
-        return [str(r[0]) for r in await cur.fetchall()]
+        await cur.execute(query("run_step"), (role.oid, text, returns_rows))
+        rows = [r[0] for r in await cur.fetchall()]
+        if None in rows:
+            error = json.loads(rows[rows.index(None) + 1])
+            return StepRows([], StepFailure(str(error["sqlstate"]), str(error["message"])))
+        return StepRows([str(r) for r in rows], None)
 
     async def run_autocommit(self, conn: AnyConn, role: Role, text: str) -> None:
         """Run one of the statements PostgreSQL refuses in a transaction block (the caller has

@@ -18,15 +18,15 @@ import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import dict_row
 
 from pg_durable import __version__
-from pg_durable.engine.executor import AConn, Connections, Continue, Executor
+from pg_durable.engine.executor import Executor
 from pg_durable.engine.identity import StepRunner
+from pg_durable.engine.sqlstep import AConn, Connections
 from pg_durable.errors import SchemaError
 from pg_durable.queries import query
 from pg_durable.schema import SCHEMA_VERSION
@@ -45,11 +45,9 @@ _STEP_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c d
 class Slot:
     index: int
     conns: Connections | None = None
+    #: The instance of the fiber this slot runs alone right now (see _internal_error).
     instance_id: str | None = None
-    scope: str | None = None
     task: asyncio.Task[None] | None = None
-    busy: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Worker:
@@ -58,7 +56,7 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.id = uuid.uuid4()
-        self.executor = Executor(StepRunner())
+        self.executor = Executor(StepRunner(), batch_window=settings.batch_window)
         self._slots = [Slot(i) for i in range(settings.concurrency)]
         self._stopping = asyncio.Event()
         self._wake = asyncio.Condition()
@@ -249,24 +247,27 @@ class Worker:
         async with self._wake:
             self._wake.notify_all()
 
-    async def _cancel_running(self, match: Callable[[Slot], bool]) -> None:
+    async def _cancel_running(self, match: Callable[[tuple[str, str]], bool]) -> None:
+        """Cancel the statements running for the (instance, scope) pairs that ``match``."""
         for slot in self._slots:
-            if slot.busy and slot.conns is not None and match(slot):
-                slot.conns.cancel_requested = True
+            conns = slot.conns
+            if conns is not None and conns.running is not None and match(conns.running):
+                conns.cancel_pending = True
                 with contextlib.suppress(psycopg.Error):
-                    await slot.conns.conn.cancel_safe()
+                    await conns.conn.cancel_safe()
 
     # -- slots ----------------------------------------------------------------------------
     async def _slot_loop(self, slot: Slot) -> None:
         backoff = _Backoff(self.settings.reconnect_max_backoff)
         while not self._stopping.is_set():
             try:
-                if slot.conns is None or slot.conns.conn.closed or slot.conns.conn.broken:
+                if slot.conns is None or _lost(slot.conns.conn) or _lost(slot.conns.side):
                     await _close(slot.conns)
+                    slot.conns = None
                     slot.conns = Connections(
                         conn=await self._connect("workflow-sql", step=True),
                         control=await self._ddl_conn(),
-                        open_side=lambda: self._connect("workflow-sql", step=True),
+                        side=await self._connect("workflow-sql", step=True),
                     )
                     if backoff.failures:
                         logger.info(
@@ -274,7 +275,7 @@ class Worker:
                             slot.index,
                             extra={"action": "reconnected", **self.log_extra},
                         )
-                found = await self._run_available(slot)
+                found = await self._run_available(slot, slot.conns)
                 backoff.reset()
                 if not found:
                     await self._idle(slot)
@@ -295,52 +296,40 @@ class Worker:
             except Exception as exc:
                 await self._internal_error(slot, exc)
             finally:
-                slot.busy = False
-                slot.instance_id = slot.scope = None
+                slot.instance_id = None
 
-    async def _run_available(self, slot: Slot) -> bool:
-        """Claim and run fibers until none is runnable; False if nothing was found."""
-        assert slot.conns is not None
-        conn = slot.conns.conn
+    async def _run_available(self, slot: Slot, conns: Connections) -> bool:
+        """Claim and run batches until nothing is runnable; False if nothing was found."""
+        conn = conns.conn
         found = False
         while not self._stopping.is_set():
             await conn.execute("BEGIN")
-            cur = await conn.execute(query("claim"))
-            row = await cur.fetchone()
-            if row is None:
+            cur = await conn.execute(
+                query("claim"),
+                {"batch_size": self.settings.batch_size, "slots": self.settings.concurrency},
+            )
+            rows = await cur.fetchall()
+            if not rows:
                 await conn.execute("ROLLBACK")
                 return found
             found = True
-            next_step: Continue | None = await self._process(slot, row)
-            while next_step is not None and not self._stopping.is_set():
+            batch = await self.executor.run_batch(conns, [dict(r) for r in rows])
+            if batch.released:
+                await self._notify_slots()
+            for retry in batch.retries:
                 await conn.execute("BEGIN")
                 cur = await conn.execute(
-                    query("claim_scope"), {"scope": next_step.scope, "version": next_step.version}
+                    query("claim_scope"), {"scope": retry.scope, "version": retry.version}
                 )
                 row = await cur.fetchone()
                 if row is None:
                     await conn.execute("ROLLBACK")
-                    break
-                next_step = await self._process(slot, row)
+                    continue
+                # A failure here that is not the statement's own fails this instance.
+                slot.instance_id = str(row["instance_id"])
+                await self.executor.run_single(conns, dict(row), retry.attempt)
+                slot.instance_id = None
         return found
-
-    async def _process(self, slot: Slot, row: dict[str, Any]) -> Continue | None:
-        assert slot.conns is not None
-        slot.busy = True
-        slot.instance_id = str(row["instance_id"])
-        slot.scope = str(row["scope"])
-        slot.conns.cancel_requested = False
-        if slot.conns.side is None or slot.conns.side.closed:
-            slot.conns.side = None
-        try:
-            return await self.executor.process(slot.conns, row)
-        except psycopg.errors.QueryCanceled:
-            if not slot.conns.cancel_requested:
-                raise
-            await slot.conns.conn.execute("ROLLBACK")
-            return None
-        finally:
-            slot.busy = False
 
     async def _idle(self, slot: Slot) -> None:
         assert slot.conns is not None
@@ -401,16 +390,18 @@ class _Backoff:
         self.failures = 0
 
 
-def _in_instance(instance_id: str) -> Callable[[Slot], bool]:
-    """Matches the slot running a step of ``instance_id``."""
-    return lambda slot: slot.instance_id == instance_id
+def _in_instance(instance_id: str) -> Callable[[tuple[str, str]], bool]:
+    """Matches a step of ``instance_id``."""
+    return lambda running: running[0] == instance_id
 
 
-def _in_scope(scope: str) -> Callable[[Slot], bool]:
-    """Matches the slot running a step of fiber ``scope`` or of any fiber below it."""
-    return lambda slot: (
-        slot.scope is not None and (slot.scope == scope or slot.scope.startswith(scope + "::"))
-    )
+def _in_scope(scope: str) -> Callable[[tuple[str, str]], bool]:
+    """Matches a step of fiber ``scope`` or of any fiber below it."""
+    return lambda running: running[1] == scope or running[1].startswith(scope + "::")
+
+
+def _lost(conn: AConn) -> bool:
+    return conn.closed or conn.broken
 
 
 def _first_line(exc: BaseException) -> str:
@@ -422,6 +413,6 @@ async def _close(conns: Connections | None) -> None:
     if conns is None:
         return
     for conn in (conns.conn, conns.side):
-        if conn is not None and not conn.closed:
+        if not conn.closed:
             with contextlib.suppress(Exception):
                 await conn.close()

@@ -1,7 +1,10 @@
 -- Every statement the worker runs, by name. Looked up by pg_durable.queries.
 
 -- name: claim
--- Take the runnable fiber that is due first; the row lock lasts for the whole step.
+-- Take the runnable fibers that are due first; the row locks last for the whole transaction.
+-- How many: the backlog's share of this worker's slots, between 1 and the batch size — so
+-- that a few runnable fibers (the branches of a JOIN) go to several slots and really run at
+-- once, while a long queue is worked off in batches. Counting stops where the answer would.
 SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
        f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
        i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now
@@ -9,7 +12,10 @@ SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.pa
   JOIN df.instances i ON i.id = f.instance_id
  WHERE f.status = 'ready' AND f.run_at <= now()
  ORDER BY f.run_at
- LIMIT 1
+ LIMIT (SELECT greatest(1, least(%(batch_size)s, count(*) / %(slots)s))
+          FROM (SELECT 1 FROM df._fibers
+                 WHERE status = 'ready' AND run_at <= now()
+                 LIMIT %(batch_size)s * %(slots)s) backlog)
    FOR UPDATE OF f SKIP LOCKED
 
 -- name: claim_scope
@@ -51,19 +57,16 @@ SELECT scope, branch, root_node, outcome, results
  WHERE parent_scope = %(scope)s AND spawned_at_node = %(node_id)s
    AND parent_generation = %(generation)s AND status = 'done'
 
--- name: commit_step
-SELECT df._commit_step(%(plan)s::jsonb)
+-- name: commit_steps
+-- Returns the scopes whose plan was discarded because the fiber turned out to be stale.
+SELECT df._commit_steps(%(plans)s::jsonb) AS scope
 
 -- name: fail_instance
 SELECT df._fail_instance(%(instance_id)s, %(message)s)
 
--- name: drop_stale_fiber
--- A stale fiber (lost race, cancelled instance) found at commit: remove it and its subtree.
-DELETE FROM df._fibers
- WHERE scope IN (SELECT x.scope FROM df._fibers x
-                  WHERE x.instance_id = %(instance_id)s
-                    AND (x.scope = %(scope)s OR left(x.scope, length(%(scope)s) + 2) = %(scope)s || '::')
-                    FOR UPDATE SKIP LOCKED)
+-- name: drop_fibers
+-- A fiber nobody will run (its instance was cancelled or finished): it and its subtree go.
+SELECT df._drop_fibers(%(instance_id)s, %(scope)s)
 
 -- name: sweep
 -- Fibers nobody will ever run: of finished instances, or whose parent is gone or moved on.
@@ -87,6 +90,9 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
   FROM df._fibers
  WHERE status = 'ready'
 
+-- name: run_step
+SELECT df._step(%s, %s, %s)
+
 -- name: exec_function
 SELECT p.oid IS NOT NULL AS present
   FROM (SELECT to_regprocedure(%(signature)s)::oid AS oid) p
@@ -106,18 +112,27 @@ SELECT value FROM df._meta WHERE key = 'schema_version'
 
 -- name: create_exec_function
 -- {function} and {role} are identifiers composed with psycopg.sql (engine/identity.py).
-CREATE OR REPLACE FUNCTION {function}(sql text, returns_rows boolean) RETURNS SETOF json
+-- Returns one row_to_json text per result row. An error of the statement is caught — its
+-- subtransaction rolled back, the worker's transaction intact — and returned as a NULL row
+-- followed by {"sqlstate", "message"}. A cancel (query_canceled) is not caught: the worker
+-- asked for it and rolls back.
+CREATE OR REPLACE FUNCTION {function}(sql text, returns_rows boolean) RETURNS SETOF text
 LANGUAGE plpgsql SECURITY DEFINER AS $body$
 DECLARE
     r record;
 BEGIN
-    IF returns_rows THEN
-        FOR r IN EXECUTE sql LOOP
-            RETURN NEXT pg_catalog.row_to_json(r);
-        END LOOP;
-    ELSE
-        EXECUTE sql;
-    END IF;
+    BEGIN
+        IF returns_rows THEN
+            FOR r IN EXECUTE sql LOOP
+                RETURN NEXT pg_catalog.row_to_json(r)::text;
+            END LOOP;
+        ELSE
+            EXECUTE sql;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        RETURN NEXT NULL;
+        RETURN NEXT pg_catalog.json_build_object('sqlstate', SQLSTATE, 'message', SQLERRM)::text;
+    END;
 END
 $body$
 

@@ -1,66 +1,70 @@
 -- pg_durable: the engine's state transitions. The worker decides in Python what a step changes
--- (graph/interpreter.py builds a plan); df._commit_step is the one place that writes it, in the
--- same transaction as the step's own statement. Nothing here is granted to anyone.
+-- (graph/interpreter.py builds a plan); df._commit_steps is the one place that writes it, in
+-- the same transaction as the step's own statement. Nothing here is granted to anyone.
 
--- Raises SQLSTATE PD001 unless the instance still runs and every ancestor of the fiber still
--- waits for it (a losing RACE branch or a fiber of a cancelled instance is stale: its step
--- must not commit).
-CREATE FUNCTION df._assert_alive(p_instance text, p_scope text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Whether a fiber's step may still commit: the instance still runs and every ancestor of the
+-- fiber still waits for it (a losing RACE branch, or a fiber of a cancelled or finished
+-- instance, is stale).
+CREATE FUNCTION df._fiber_alive(p_instance text, p_scope text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_status      text;
-    v_parent      text;
-    v_at_node     text;
-    v_parent_gen  int;
-    p_status      text;
-    p_node        text;
-    p_gen         int;
-    p_parent      text;
-    p_at_node     text;
-    p_parent_gen  int;
+    v_parent     text;
+    v_at_node    text;
+    v_parent_gen int;
+    p_status     text;
+    p_node       text;
+    p_gen        int;
 BEGIN
-    SELECT status INTO v_status FROM df.instances WHERE id = p_instance;
-    IF v_status IS NULL OR v_status NOT IN ('pending', 'running') THEN
-        RAISE EXCEPTION 'instance % is %', p_instance, coalesce(v_status, 'gone')
-            USING ERRCODE = 'PD001';
+    IF NOT EXISTS (SELECT 1 FROM df.instances
+                    WHERE id = p_instance AND status IN ('pending', 'running')) THEN
+        RETURN false;
     END IF;
     SELECT parent_scope, spawned_at_node, parent_generation
       INTO v_parent, v_at_node, v_parent_gen
       FROM df._fibers WHERE scope = p_scope;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'fiber % is gone', p_scope USING ERRCODE = 'PD001';
+        RETURN false;
     END IF;
     WHILE v_parent IS NOT NULL LOOP
-        SELECT status, node_id, generation, parent_scope, spawned_at_node, parent_generation
-          INTO p_status, p_node, p_gen, p_parent, p_at_node, p_parent_gen
+        SELECT status, node_id, generation
+          INTO p_status, p_node, p_gen
           FROM df._fibers WHERE scope = v_parent;
         IF NOT FOUND OR p_status <> 'waiting' OR p_node <> v_at_node
            OR p_gen <> v_parent_gen THEN
-            RAISE EXCEPTION 'fiber % no longer waits for %', v_parent, p_scope
-                USING ERRCODE = 'PD001';
+            RETURN false;
         END IF;
-        v_parent := p_parent;
-        v_at_node := p_at_node;
-        v_parent_gen := p_parent_gen;
+        SELECT parent_scope, spawned_at_node, parent_generation
+          INTO v_parent, v_at_node, v_parent_gen
+          FROM df._fibers WHERE scope = v_parent;
     END LOOP;
+    RETURN true;
 END
 $$;
 
--- Apply one step's plan (see engine/plan.py for its JSON shape).
-CREATE FUNCTION df._commit_step(p jsonb) RETURNS void
+-- Remove a fiber and every fiber below it, except rows another worker holds right now (their
+-- own commit finds them stale and removes them).
+CREATE FUNCTION df._drop_fibers(p_instance text, p_scope text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM df._fibers
+     WHERE scope IN (SELECT x.scope FROM df._fibers x
+                      WHERE x.instance_id = p_instance
+                        AND (x.scope = p_scope OR left(x.scope, length(p_scope) + 2) = p_scope || '::')
+                        FOR UPDATE SKIP LOCKED);
+$$;
+
+-- Apply one step's plan (see _plan_json in engine/executor.py for its JSON shape). Returns
+-- whether it woke a parent fiber. Raises SQLSTATE PD001 when the fiber turns out to be stale.
+CREATE FUNCTION df._apply_plan(p jsonb) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_instance text := p->>'instance_id';
     v_scope    text := p->>'scope';
     f          jsonb := p->'fiber';
     inst       jsonb := p->'instance';
-    v_notify   boolean := coalesce((p->>'notify')::boolean, false);
     v_parent   text;
     v_woke     text;
     c          text;
 BEGIN
-    PERFORM df._assert_alive(v_instance, v_scope);
-
     IF coalesce((p->>'mark_running')::boolean, false) THEN
         UPDATE df.instances SET status = 'running', updated_at = now()
          WHERE id = v_instance AND status = 'pending';
@@ -102,11 +106,7 @@ BEGIN
     -- Losing RACE branches: remove what is not running right now (a running step finds its
     -- fiber stale at commit and cleans up after itself), and tell workers to cancel them.
     FOR c IN SELECT jsonb_array_elements_text(coalesce(p->'cancel_scopes', '[]')) LOOP
-        DELETE FROM df._fibers
-         WHERE scope IN (SELECT x.scope FROM df._fibers x
-                          WHERE x.instance_id = v_instance
-                            AND (x.scope = c OR left(x.scope, length(c) + 2) = c || '::')
-                            FOR UPDATE SKIP LOCKED);
+        PERFORM df._drop_fibers(v_instance, c);
         PERFORM pg_notify('pg_durable', 'cancel-scope:' || c);
     END LOOP;
 
@@ -145,9 +145,6 @@ BEGIN
                 RAISE EXCEPTION 'fiber % no longer waits for %', v_parent, v_scope
                     USING ERRCODE = 'PD001';
             END IF;
-            IF v_woke = 'ready' THEN
-                v_notify := true;
-            END IF;
         END IF;
     END IF;
 
@@ -167,10 +164,74 @@ BEGIN
          WHERE scope IN (SELECT x.scope FROM df._fibers x WHERE x.instance_id = v_instance
                             FOR UPDATE SKIP LOCKED);
     END IF;
+    RETURN v_woke = 'ready';
+END
+$$;
 
+-- Commit the plans of one transaction's steps (one per fiber) and return the scopes that
+-- turned out to be stale: their plan is discarded and what is left of them removed. A step's
+-- own statement has committed or will commit with this transaction either way — like a step
+-- of pg_durable that was in flight when its instance was cancelled or its RACE decided.
+CREATE FUNCTION df._commit_steps(p_plans jsonb) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p        jsonb;
+    v_notify boolean := false;
+    v_stale  boolean;
+BEGIN
+    FOR p IN SELECT jsonb_array_elements(p_plans) LOOP
+        v_stale := NOT df._fiber_alive(p->>'instance_id', p->>'scope');
+        IF NOT v_stale THEN
+            IF p->'fiber'->>'status' = 'done' AND p->'fiber'->>'parent_scope' IS NOT NULL THEN
+                -- Only a finishing child can find its parent moved on while it committed (a
+                -- sibling won the RACE meanwhile); undo its plan then.
+                BEGIN
+                    v_notify := df._apply_plan(p) OR v_notify;
+                EXCEPTION WHEN SQLSTATE 'PD001' THEN
+                    v_stale := true;
+                END;
+            ELSE
+                v_notify := df._apply_plan(p) OR v_notify;
+            END IF;
+        END IF;
+        IF v_stale THEN
+            PERFORM df._drop_fibers(p->>'instance_id', p->>'scope');
+            RETURN NEXT p->>'scope';
+        ELSIF coalesce((p->>'notify')::boolean, false) THEN
+            v_notify := true;
+        END IF;
+    END LOOP;
     IF v_notify THEN
         PERFORM pg_notify('pg_durable', 'work');
     END IF;
+END
+$$;
+
+-- Return a step connection to a clean session after a step, before another role's step runs
+-- on it: settings (also SET LOCAL ones, which would outlive the step in a batch), temporary
+-- tables (which would shadow the next role's tables of the same name), session advisory locks
+-- and LISTENs. Runs as the worker; every name is schema-qualified because the search_path at
+-- this point is whatever the step left behind.
+CREATE FUNCTION df._reset_session() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RESET ALL;
+    DISCARD TEMP;
+    PERFORM pg_catalog.pg_advisory_unlock_all();
+    UNLISTEN *;
+END
+$$;
+
+-- Run one step: the statement through the submitter's step function (engine/identity.py),
+-- then clean the session. One round trip. No SET search_path clause: it would restore the
+-- step's own search_path on exit, after df._reset_session cleared it.
+CREATE FUNCTION df._step(p_role oid, p_sql text, p_returns_rows boolean) RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format('SELECT s FROM df_exec.%I($1, $2) s',
+                                          'step_' OPERATOR(pg_catalog.||) p_role)
+        USING p_sql, p_returns_rows;
+    PERFORM df._reset_session();
 END
 $$;
 
@@ -187,13 +248,15 @@ BEGIN
        SET status = 'failed', result = to_jsonb(p_message), updated_at = now()
       FROM df.instances i
      WHERE i.id = p_instance AND n.instance_id = i.id AND n.id = i.root_node;
-    DELETE FROM df._fibers
-     WHERE scope IN (SELECT x.scope FROM df._fibers x WHERE x.instance_id = p_instance
-                        FOR UPDATE SKIP LOCKED);
+    PERFORM df._drop_fibers(p_instance, p_instance);
 END
 $$;
 
-REVOKE ALL ON FUNCTION df._assert_alive(text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION df._commit_step(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._fiber_alive(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._drop_fibers(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._step(oid, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._fail_instance(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_insert() FROM PUBLIC;
