@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -35,11 +36,20 @@ def schema_parts() -> list[tuple[str, str]]:
     return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
 
 
+def built_at() -> str:
+    """When the schema files of this package were built (the newest file's modification time,
+    UTC): what ``df.version()`` reports as "built", the same for every install from it."""
+    folder = resources.files("pg_durable") / "sql" / "schema"
+    newest = max(Path(str(folder / p.name)).stat().st_mtime for p in folder.iterdir())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest))
+
+
 def install_script() -> str:
     """The complete install script (the body of ``pg_durable--<version>.sql``)."""
     chunks = [f"-- {name}\n{text.rstrip()}\n" for name, text in schema_parts()]
     chunks.append(
-        f"INSERT INTO df._meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');\n"
+        "INSERT INTO df._meta (key, value) VALUES "
+        f"('schema_version', '{SCHEMA_VERSION}'), ('built_at', '{built_at()}');\n"
     )
     return "\n".join(chunks)
 

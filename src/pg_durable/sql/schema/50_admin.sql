@@ -67,13 +67,9 @@ END
 $$;
 
 -- -------------------------------------------------------------------------------------------
--- df.version() = '<schema version> (built <UTC timestamp>)'. The schema version row is added
--- by the install script's last statement (schema.install_script()). There is no compiled
--- build here: "built" is the moment this schema was installed in this database, recorded
--- below as 'installed_at' — unless the install script provides a 'built_at' row (a stamp of
--- the package build), which then wins.
-INSERT INTO df._meta (key, value)
-VALUES ('installed_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
+-- df.version() = '<schema version> (built <UTC timestamp>)'. Both rows are added by the
+-- install script's last statements (schema.install_script()): "built" is when the package's
+-- schema files were built, the same for every database installed from one package.
 
 -- SECURITY DEFINER: it reads only these installation facts, so it works whatever privileges
 -- the caller holds on df._meta.
@@ -82,9 +78,7 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce((SELECT m.value FROM df._meta m WHERE m.key = 'schema_version'), 'unknown')
         || ' (built '
-        || coalesce((SELECT m.value FROM df._meta m WHERE m.key = 'built_at'),
-                    (SELECT m.value FROM df._meta m WHERE m.key = 'installed_at'),
-                    'unknown')
+        || coalesce((SELECT m.value FROM df._meta m WHERE m.key = 'built_at'), 'unknown')
         || ')'
 $$;
 
