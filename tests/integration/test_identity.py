@@ -146,3 +146,75 @@ def test_dropped_role_fails_its_instance(
     conn.execute(f"DROP ROLE {alice.name}")
     assert wait_for(conn, iid, 20) == "failed"
     assert "no longer exists" in output_of(conn, iid)
+
+
+def test_the_roles_own_settings_apply_to_its_steps(
+    alice: Submitter, worker: WorkerThread, conn: Conn, db_name: str
+) -> None:
+    conn.execute(f"CREATE SCHEMA {alice.name} AUTHORIZATION {alice.name}")
+    conn.execute(f"CREATE TABLE {alice.name}.inbox (v text)")
+    conn.execute(f"INSERT INTO {alice.name}.inbox VALUES ('mine')")
+    conn.execute(f"ALTER TABLE {alice.name}.inbox OWNER TO {alice.name}")
+    conn.execute(f"ALTER ROLE {alice.name} SET search_path = {alice.name}, public")
+    conn.execute(f"ALTER ROLE {alice.name} IN DATABASE \"{db_name}\" SET work_mem = '7MB'")
+    # A role switch in the role's settings is not taken: the step stays the submitter.
+    conn.execute(f"ALTER ROLE {alice.name} SET role = {alice.name}")
+    iid, status = run_workflow(
+        alice.conn,
+        "'SELECT v, current_setting(''work_mem'') AS w, current_user::text AS u FROM inbox'",
+    )
+    assert status == "completed", output_of(conn, iid)
+    assert result_of(conn, iid) == {
+        "rows": [{"v": "mine", "w": "7MB", "u": alice.name}],
+        "row_count": 1,
+    }
+    # The settings do not outlive the step: the worker's own session is back to its defaults.
+    iid, _ = run_workflow(conn, "'SELECT current_setting(''work_mem'') AS w'")
+    assert result_of(conn, iid) != {"rows": [{"w": "7MB"}], "row_count": 1}
+
+
+def test_a_step_leaves_nothing_behind_for_the_next_role(
+    alice: Submitter, worker: WorkerThread, conn: Conn
+) -> None:
+    """Temporary tables, settings and session locks of one role's step are gone before another
+    role's step runs on the same connection (one slot, so every step shares it)."""
+    conn.execute("CREATE TABLE public.box (v text)")
+    conn.execute("INSERT INTO public.box VALUES ('the real one')")
+    conn.execute(f"GRANT SELECT ON public.box TO {alice.name}")
+    worker.stop()
+    single = WorkerThread(worker.settings.dsn, concurrency=1, poll_interval=0.2).start()
+    try:
+        # alice plants a temporary "box" that would shadow public.box, and a search_path.
+        iid, status = run_workflow(
+            alice.conn,
+            "'CREATE TEMP TABLE box AS SELECT ''planted''::text AS v' "
+            "~> 'SELECT set_config(''search_path'', ''pg_temp, public'', false)' "
+            "~> 'SELECT pg_advisory_lock(42)'",
+        )
+        assert status == "completed", output_of(conn, iid)
+        iid, status = run_workflow(
+            conn, "'SELECT v FROM box' ~> 'SELECT pg_try_advisory_lock(42) AS got'"
+        )
+        assert status == "completed", output_of(conn, iid)
+        rows = conn.execute(
+            "SELECT result FROM df.nodes WHERE instance_id = %s AND node_type = 'SQL' "
+            "ORDER BY query",
+            (iid,),
+        ).fetchall()
+        assert [r[0] for r in rows] == [
+            {"rows": [{"got": True}], "row_count": 1},
+            {"rows": [{"v": "the real one"}], "row_count": 1},
+        ]
+    finally:
+        single.stop()
+
+
+def test_steps_in_another_database_are_refused_with_a_clear_reason(
+    conn: Conn, worker: WorkerThread
+) -> None:
+    iid, status = run_workflow(conn, "'SELECT 1', database => 'postgres'")
+    assert status == "failed"
+    assert output_of(conn, iid) == (
+        f'Instance {iid}: its steps run in database "postgres", and this version of the '
+        "pg_durable worker runs steps only in the database it serves"
+    )

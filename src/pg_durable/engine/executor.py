@@ -427,10 +427,15 @@ class Executor:
             raise InstanceUnrunnable(
                 f"Invalid workflow graph for instance {instance_id}: {exc}"
             ) from exc
+        if row["database"] is not None and not row["same_database"]:
+            raise InstanceUnrunnable(
+                f'Instance {instance_id}: its steps run in database "{row["database"]}", '
+                "and this version of the pg_durable worker runs steps only in the database it "
+                "serves"
+            )
         variables = {str(k): str(v) for k, v in (row["vars"] or {}).items() if v is not None}
-        loaded = LoadedInstance(
-            graph, Role(int(row["role_oid"]), str(row["rolname"])), variables, row["label"]
-        )
+        role = Role(int(row["role_oid"]), str(row["rolname"]), tuple(row["role_settings"]))
+        loaded = LoadedInstance(graph, role, variables, row["label"])
         self._instances[instance_id] = loaded
         if len(self._instances) > _GRAPH_CACHE_SIZE:
             self._instances.popitem(last=False)

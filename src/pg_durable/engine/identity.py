@@ -68,6 +68,8 @@ class Role:
 
     oid: int
     name: str
+    #: The role's own settings (ALTER ROLE … SET), 'name=value' items in the order they apply.
+    settings: tuple[str, ...] = ()
 
     @property
     def function(self) -> str:
@@ -141,20 +143,23 @@ class StepRunner:
         if cached is not None:
             self._described.move_to_end(key)
             return cached
+        if role.settings:  # search_path, above all, decides what names resolve to
+            await side.execute(query("role_settings"), {"settings": list(role.settings)})
         try:
-            await side.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role.name)))
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
-            cur = await side.execute(query("role_exists"), {"oid": role.oid})
-            if await cur.fetchone() is None:
-                self.forget(role)
-                raise RoleGone(role.name) from exc
-            raise
-        try:
+            try:
+                await side.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role.name)))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                cur = await side.execute(query("role_exists"), {"oid": role.oid})
+                if await cur.fetchone() is None:
+                    self.forget(role)
+                    raise RoleGone(role.name) from exc
+                raise
             columns = await _describe(side, text)
         finally:
-            await side.execute("RESET ROLE")
+            await side.execute("RESET ROLE")  # RESET ALL leaves the role alone
+            await side.execute("RESET ALL")
         self._described[key] = columns
         if len(self._described) > _DESCRIBE_CACHE_SIZE:
             self._described.popitem(last=False)
@@ -167,7 +172,7 @@ class StepRunner:
     async def run(self, conn: AnyConn, role: Role, text: str, returns_rows: bool) -> StepRows:
         """Execute ``text`` as ``role`` in the transaction open on ``conn`` (one round trip)."""
         cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(query("run_step"), (role.oid, text, returns_rows))
+        await cur.execute(query("run_step"), (role.oid, text, returns_rows, list(role.settings)))
         rows = [r[0] for r in await cur.fetchall()]
         if None in rows:
             error = json.loads(rows[rows.index(None) + 1])

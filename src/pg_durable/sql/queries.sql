@@ -37,10 +37,19 @@ UPDATE df._fibers
 RETURNING version
 
 -- name: load_instance
-SELECT i.root_node, i.label, i.database, i.submitted_by::oid AS role_oid,
-       r.rolname, r.rolsuper, s.vars,
+-- The role's own settings (ALTER ROLE … SET, also … IN DATABASE) apply to its steps as they
+-- would to a session of the role; the database's apply to the worker's connections already.
+SELECT i.root_node, i.label, i.database, i.database = current_database() AS same_database,
+       i.submitted_by::oid AS role_oid, r.rolname, r.rolsuper, s.vars,
        coalesce(current_setting('pg_durable.enable_superuser_instances', true), 'off')
-           AS superuser_setting
+           AS superuser_setting,
+       ARRAY(SELECT c.setting
+               FROM pg_catalog.pg_db_role_setting d,
+                    LATERAL unnest(d.setconfig) WITH ORDINALITY AS c(setting, n)
+              WHERE d.setrole = i.submitted_by::oid
+                AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
+                                           WHERE datname = current_database()))
+              ORDER BY d.setdatabase, c.n) AS role_settings
   FROM df.instances i
   LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
   LEFT JOIN df._instance_state s ON s.instance_id = i.id
@@ -91,7 +100,11 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
  WHERE status = 'ready'
 
 -- name: run_step
-SELECT df._step(%s, %s, %s)
+SELECT df._step(%s, %s, %s, %s)
+
+-- name: role_settings
+-- On the autocommit side connection: for the session, until RESET ALL.
+SELECT df._role_settings(%(settings)s, false)
 
 -- name: exec_function
 SELECT p.oid IS NOT NULL AS present

@@ -226,12 +226,42 @@ BEGIN
 END
 $$;
 
--- Run one step: the statement through the submitter's step function (engine/identity.py),
--- then clean the session. One round trip. No SET search_path clause: it would restore the
--- step's own search_path on exit, after df._reset_session cleared it.
-CREATE FUNCTION df._step(p_role oid, p_sql text, p_returns_rows boolean) RETURNS SETOF text
+-- Take on the submitting role's own settings (p_settings: the 'name=value' items of ALTER
+-- ROLE … SET), as a session of the role does at login — where a setting that fails is
+-- skipped with a warning; here it is skipped. Role switches are no settings a step may take.
+CREATE FUNCTION df._role_settings(p_settings text[], p_local boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    setting text;
+    name    text;
+BEGIN
+    FOREACH setting IN ARRAY p_settings LOOP
+        name := pg_catalog.split_part(setting, '=', 1);
+        CONTINUE WHEN pg_catalog.lower(name) OPERATOR(pg_catalog.=)
+                      ANY (ARRAY['role', 'session_authorization']);
+        BEGIN
+            PERFORM pg_catalog.set_config(
+                name,
+                pg_catalog.substr(setting, pg_catalog.length(name) OPERATOR(pg_catalog.+) 2),
+                p_local);
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$$;
+
+-- Run one step: the role's settings, the statement through the role's step function
+-- (engine/identity.py), then a clean session. One round trip. Neither function has a SET
+-- search_path clause: it would restore the step's own search_path on exit, after
+-- df._reset_session cleared it (so every name in them is schema-qualified).
+CREATE FUNCTION df._step(p_role oid, p_sql text, p_returns_rows boolean, p_settings text[])
+RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF pg_catalog.cardinality(p_settings) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM df._role_settings(p_settings, true);
+    END IF;
     RETURN QUERY EXECUTE pg_catalog.format('SELECT s FROM df_exec.%I($1, $2) s',
                                           'step_' OPERATOR(pg_catalog.||) p_role)
         USING p_sql, p_returns_rows;
@@ -261,6 +291,7 @@ REVOKE ALL ON FUNCTION df._drop_fibers(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
-REVOKE ALL ON FUNCTION df._step(oid, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._role_settings(text[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._step(oid, text, boolean, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._fail_instance(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_insert() FROM PUBLIC;
