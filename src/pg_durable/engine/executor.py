@@ -1,25 +1,30 @@
 """Advancing claimed fibers: one transaction per batch, its steps and their checkpoints.
 
 A slot claims up to ``batch_size`` runnable fibers (``FOR UPDATE SKIP LOCKED``) in one
-transaction. For each, the interpreter decides what runs, the slot runs at most one user
-statement for it (sqlstep.py), and the resulting plan — node stamps, the fiber's next
-position, new fibers — is written by ``df._commit_steps`` in the same transaction. One COMMIT
-makes every statement of the batch and its checkpoint durable together; a crash before it
-leaves no trace of any of them, and each step runs once more.
+transaction and advances each in three phases:
 
-Batching amortises the round trips and the WAL flush of a transaction over several steps. A
-batch stops taking new steps once it has run for ``batch_window`` seconds, and a statement
-known to be slow only ever runs first in its batch, so a long step delays the commit of at
-most the quick steps before it. Whatever a batch cannot record — a statement that needs
-autocommit, a conflict between two of its steps, a statement that aborted the transaction —
-is run again alone (:meth:`Executor.run_single`).
+1. the interpreter (graph/interpreter.py) decides what the fiber does next, until it needs a
+   user statement — at most one per fiber and transaction, since a step's checkpoint is the
+   commit that follows it;
+2. all the batch's statements run in one round trip (sqlstep.py), each as its submitter, each
+   in a subtransaction of its own;
+3. their outcomes go back to the interpreter, and ``df._commit_steps`` writes every fiber's
+   plan — node stamps, next position, new fibers — before one COMMIT makes the statements and
+   their checkpoints durable together. A crash before it leaves no trace of any of them, and
+   each step runs once more.
+
+Batching amortises round trips and the WAL flush over several steps. The statements of a
+batch stop starting once ``batch_window`` seconds have passed, and a statement known to be
+slow only ever runs first in its batch, so a quick step waits at most that long, or for one
+slow step, before its effects commit. What a batch cannot record — a statement that needs
+autocommit, two steps of one batch that deadlock, a statement that aborted the transaction —
+runs again alone (:meth:`Executor.run_single`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -29,11 +34,12 @@ from psycopg.types.json import Jsonb
 
 from pg_durable.engine.identity import Role, StepRunner
 from pg_durable.engine.sqlstep import (
-    BatchConflict,
     Cancelled,
     Connections,
     NeedsAutocommit,
+    RunAlone,
     SqlSteps,
+    Statement,
     StatementAborted,
 )
 from pg_durable.errors import GraphError, SubstitutionError
@@ -57,11 +63,14 @@ from pg_durable.queries import query
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+AnyConn = psycopg.AsyncConnection[Any]
 #: Control-flow transitions allowed in one transaction besides the one user statement.
 _MAX_INLINE: Final = 64
 _GRAPH_CACHE_SIZE: Final = 2048
 #: Seconds a fiber stays leased to the worker running its autocommit statement.
 AUTOCOMMIT_LEASE: Final = 3600
+#: Times a fiber alone is rolled back and run again before that counts as an internal error.
+_MAX_RERUNS: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +88,6 @@ class Attempt:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
 
 
-class InstanceUnrunnable(Exception):
-    """The instance cannot run at all (bad graph, dropped role, refused superuser)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Retry:
     """A fiber to claim again (at ``version``) and run alone."""
@@ -92,11 +97,8 @@ class Retry:
     attempt: Attempt
 
     @classmethod
-    def of(cls, row: Row, aborted: _Aborted | None = None) -> Retry:
-        attempt = Attempt()
-        if aborted is not None and aborted.outcome is not None:
-            attempt.outcomes[aborted.node_id] = aborted.outcome
-        return cls(str(row["scope"]), int(row["version"]), attempt)
+    def of(cls, row: Row, attempt: Attempt | None = None) -> Retry:
+        return cls(str(row["scope"]), int(row["version"]), attempt or Attempt())
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +109,21 @@ class Batch:
     released: int
 
 
-class Postponed(Exception):
-    """The fiber's next statement is known to be slow: it goes first in a later batch."""
+class InstanceUnrunnable(Exception):
+    """The instance cannot run at all (bad graph, dropped role, refused superuser)."""
 
 
-class _Deferred(Exception):
-    """Run this fiber again alone, in a transaction of its own."""
+class _Aborted(Exception):
+    """The lone fiber's statement aborted the transaction; record ``outcome`` for
+    ``node_id`` in the next one."""
+
+    def __init__(self, node_id: str, outcome: Outcome) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+        self.outcome = outcome
 
 
-class _NeedsAutocommit(_Deferred):
+class _NeedsAutocommit(Exception):
     """Run ``text`` of ``node_id`` as ``role`` outside any transaction block."""
 
     def __init__(self, node_id: str, role: Role, text: str) -> None:
@@ -125,13 +133,20 @@ class _NeedsAutocommit(_Deferred):
         self.text = text
 
 
-class _Aborted(Exception):
-    """The transaction is lost; ``node_id`` should record ``outcome`` (None: nothing)."""
+@dataclass(slots=True)
+class _Run:
+    """One fiber on its way through a transaction."""
 
-    def __init__(self, node_id: str, outcome: Outcome | None) -> None:
-        super().__init__(node_id)
-        self.node_id = node_id
-        self.outcome = outcome
+    row: Row
+    loaded: LoadedInstance
+    fiber: Fiber
+    plan: Plan
+    interp: Interpreter
+    attempt: Attempt
+    #: The node whose statement this transaction runs for the fiber (at most one).
+    statement_node: str | None = None
+    #: That statement, while it waits for the batch to run it.
+    statement: Statement | None = None
 
 
 class Executor:
@@ -146,67 +161,49 @@ class Executor:
     async def run_batch(self, conns: Connections, rows: list[Row]) -> Batch:
         """Advance the fibers claimed in ``rows`` (their transaction is open on ``conns.conn``)
         and commit."""
-        conn = conns.conn
         batched = len(rows) > 1
-        plans: list[dict[str, Any]] = []
-        alone: list[Retry] = []
-        released = 0
-        started = time.monotonic()
         try:
-            for index, row in enumerate(rows):
-                if index and time.monotonic() - started > self.batch_window:
-                    released = len(rows) - index  # released at commit, for the next batch
-                    break
-                try:
-                    plan = await self._advance(
-                        conns, row, Attempt(), first=index == 0, batched=batched
-                    )
-                except Postponed:
-                    released = len(rows) - index
-                    break
-                except _Deferred:
-                    alone.append(Retry.of(row))
-                    continue
-                if plan is not None:
-                    plans.append(plan)
+            plans, alone, released = await self._advance(conns, rows, [Attempt() for _ in rows])
             await self._commit(conns.conn, plans)
         except (Cancelled, psycopg.errors.QueryCanceled):
-            await self._cancelled(conns)
+            await self._rollback(conns)
             return Batch([], len(rows))
-        except _Aborted as aborted:
-            await conn.execute("ROLLBACK")
-            if batched:
-                return Batch([Retry.of(row) for row in rows], 0)
-            # Record what the rolled-back attempt learned, in a new transaction.
-            return Batch([Retry.of(rows[0], aborted)], 0)
         except psycopg.OperationalError:
             raise
+        except _Aborted as aborted:  # (one fiber only)
+            await self._rollback(conns)
+            attempt = Attempt({aborted.node_id: aborted.outcome})
+            return Batch([Retry.of(rows[0], attempt)], 0)
+        except _NeedsAutocommit:  # (one fiber only) run_single knows how
+            await self._rollback(conns)
+            return Batch([Retry.of(rows[0])], 0)
         except Exception:
             if not batched:
                 raise
             # Find the fiber at fault by running each alone; the others lose nothing.
-            await conn.execute("ROLLBACK")
+            await self._rollback(conns)
             logger.debug("batch of %d rolled back; running its fibers alone", len(rows))
             return Batch([Retry.of(row) for row in rows], 0)
-        return Batch(alone, released)
+        return Batch([Retry.of(row) for row in alone], released)
 
     async def run_single(self, conns: Connections, row: Row, attempt: Attempt) -> None:
         """Advance one fiber in the transaction open on ``conns.conn`` and commit; a statement
         that needs autocommit or that aborted the transaction is dealt with here."""
         conn = conns.conn
-        while True:
+        for _ in range(_MAX_RERUNS):
             version = int(row["version"])
             try:
-                plan = await self._advance(conns, row, attempt, first=True, batched=False)
-                await self._commit(conn, [] if plan is None else [plan])
-                return
+                plans, again, _ = await self._advance(conns, [row], [attempt])
+                if not again:
+                    await self._commit(conn, plans)
+                    return
+                await self._rollback(conns)  # described again, or its step function made again
             except (Cancelled, psycopg.errors.QueryCanceled):
-                await self._cancelled(conns)
+                await self._rollback(conns)
                 return
             except _Aborted as aborted:
-                await conn.execute("ROLLBACK")
-                if aborted.outcome is not None:
-                    attempt.outcomes[aborted.node_id] = aborted.outcome
+                await self._rollback(conns)
+                attempt.outcomes[aborted.node_id] = aborted.outcome
             except _NeedsAutocommit as needs:
                 # Lease the fiber (and commit), run the statement outside any transaction,
                 # then record its outcome under the lease.
@@ -227,21 +224,20 @@ class Executor:
             cur = await conn.execute(
                 query("claim_scope"), {"scope": row["scope"], "version": version}
             )
-            again = await cur.fetchone()
-            if again is None:
+            again_row = await cur.fetchone()
+            if again_row is None:
                 await conn.execute("ROLLBACK")
                 return
-            row = dict(again)
+            row = dict(again_row)
+        raise RuntimeError(f"fiber {row['scope']} was run again {_MAX_RERUNS} times in vain")
 
-    async def _cancelled(self, conns: Connections) -> None:
-        """The worker cancelled a statement of this transaction: roll it all back. The
-        fibers stay claimable; whatever is stale about them is found when they are next run."""
+    async def _rollback(self, conns: Connections) -> None:
+        """Roll the transaction back. After a cancel the fibers stay claimable; whatever is
+        stale about them is found when they are next run."""
         conns.cancel_pending = False
         await conns.conn.execute("ROLLBACK")
 
-    async def _commit(
-        self, conn: psycopg.AsyncConnection[Any], plans: list[dict[str, Any]]
-    ) -> None:
+    async def _commit(self, conn: AnyConn, plans: list[dict[str, Any]]) -> None:
         if plans:
             cur = await conn.execute(query("commit_steps"), {"plans": Jsonb(plans)})
             for stale in await cur.fetchall():
@@ -265,12 +261,61 @@ class Executor:
                     },
                 )
 
-    # -- one fiber ------------------------------------------------------------------------------
+    # -- the three phases -----------------------------------------------------------------------
     async def _advance(
-        self, conns: Connections, row: Row, attempt: Attempt, *, first: bool, batched: bool
-    ) -> dict[str, Any] | None:
-        """Decide and perform the fiber's next transitions; returns its plan (None: the fiber
-        was dropped or its instance failed, already written)."""
+        self, conns: Connections, rows: list[Row], attempts: list[Attempt]
+    ) -> tuple[list[dict[str, Any]], list[Row], int]:
+        """Advance the claimed fibers; returns their plans, the rows to run alone, and how
+        many were released without running (the window had passed)."""
+        batched = len(rows) > 1
+        runs: list[_Run] = []
+        alone: list[Row] = []
+        for row, attempt in zip(rows, attempts, strict=True):
+            try:
+                run = await self._start(conns, row, attempt, batched=batched)
+            except RunAlone:
+                alone.append(row)
+                continue
+            if run is not None:
+                runs.append(run)
+        released = 0
+        waiting = [run for run in runs if run.statement is not None]
+        if waiting:
+            statements = [run.statement for run in waiting if run.statement is not None]
+            try:
+                results = await self.sql.run(conns, statements, self.batch_window)
+            except StatementAborted as aborted:
+                if batched:
+                    raise
+                raise _Aborted(str(waiting[0].statement_node), aborted.outcome) from aborted
+            for run, statement, result in zip(waiting, statements, results, strict=True):
+                run.statement = None
+                if result is None:
+                    released += 1
+                    runs.remove(run)
+                    continue
+                try:
+                    outcome = self.sql.outcome(statement, result, batched=batched)
+                except RunAlone:
+                    alone.append(run.row)
+                    runs.remove(run)
+                    continue
+                except NeedsAutocommit:
+                    if batched:
+                        alone.append(run.row)
+                        runs.remove(run)
+                        continue
+                    node_id = str(run.statement_node)
+                    raise _NeedsAutocommit(node_id, statement.role, statement.text) from None
+                run.interp.complete_step(outcome)
+                await self._carry_on(conns, run, batched=batched)
+        return [_plan_json(run.fiber, run.plan) for run in runs], alone, released
+
+    async def _start(
+        self, conns: Connections, row: Row, attempt: Attempt, *, batched: bool
+    ) -> _Run | None:
+        """Phase 1 for one fiber: decide, up to its statement if it has one. None: the fiber
+        was dropped or its instance failed (already written)."""
         conn = conns.conn
         instance_id = str(row["instance_id"])
         if row["instance_status"] not in ("pending", "running"):
@@ -288,63 +333,57 @@ class Executor:
                 query("fail_instance"), {"instance_id": instance_id, "message": str(exc)}
             )
             return None
-
         fiber = _fiber_from_row(row)
         plan = Plan()
         ctx = Context(loaded.graph, loaded.variables, loaded.label, float(row["db_now"]))
-        interp = Interpreter(ctx, fiber, plan)
-        graph = loaded.graph
-        node = graph.node(fiber.node_id)
-        statement_ran = False
+        run = _Run(row, loaded, fiber, plan, Interpreter(ctx, fiber, plan), attempt)
+        node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
-            interp.start()
+            run.interp.start()
         elif "iterate" in fiber.state:
-            interp.iterate()
+            run.interp.iterate()
         elif node.type in ("JOIN", "RACE") or (node.type == "LOOP" and node.id != fiber.root_node):
-            interp.resume(await self._children(conn, fiber), row["first_done"])
+            run.interp.resume(await self._children(conn, fiber), row["first_done"])
         else:
-            statement_ran = node.type == "SQL"
-            interp.complete_step(
-                await self._perform(
-                    conns, loaded, fiber, attempt, may_be_slow=first, batched=batched
-                )
-            )
-        # Carry on in this transaction while the fiber is at a step that is due now, but run
-        # at most one user statement per fiber and transaction (its checkpoint is this commit).
+            await self._step(conns, run, batched=batched)
+            if run.statement is not None:
+                return run
+        await self._carry_on(conns, run, batched=batched)
+        return run
+
+    async def _carry_on(self, conns: Connections, run: _Run, *, batched: bool) -> None:
+        """Go on while the fiber is at a step that is due now: sleeps of zero seconds and
+        control flow, and one statement (its checkpoint is this transaction's commit)."""
+        fiber = run.fiber
         for _ in range(_MAX_INLINE):
             if fiber.status != "ready" or fiber.not_before is not None or fiber.delay > 0:
-                break
-            node = graph.node(fiber.node_id)
-            if node.type == "SLEEP" or (node.type == "SQL" and not statement_ran):
-                outcome = await self._perform(
-                    conns, loaded, fiber, attempt, may_be_slow=first, batched=batched
-                )
-                statement_ran = statement_ran or node.type == "SQL"
-                interp.complete_step(outcome)
-            else:
-                break
-        return _plan_json(fiber, plan, instance_id)
+                return
+            node = run.loaded.graph.node(fiber.node_id)
+            if node.type != "SLEEP" and (node.type != "SQL" or run.statement_node is not None):
+                return
+            await self._step(conns, run, batched=batched)
+            if run.statement is not None:
+                return
 
-    async def _perform(
-        self,
-        conns: Connections,
-        loaded: LoadedInstance,
-        fiber: Fiber,
-        attempt: Attempt,
-        *,
-        may_be_slow: bool,
-        batched: bool,
-    ) -> Outcome:
+    async def _step(self, conns: Connections, run: _Run, *, batched: bool) -> None:
+        """Complete the step the fiber stands at, or leave its statement for phase 2."""
+        loaded, fiber = run.loaded, run.fiber
         node = loaded.graph.node(fiber.node_id)
         if node.type == "SLEEP":
-            return Ok(f'{{"slept":true,"seconds":{node.seconds}}}')
+            run.interp.complete_step(Ok(f'{{"slept":true,"seconds":{node.seconds}}}'))
+            return
         if node.type != "SQL":
-            return Failed(
-                f"{node.type} nodes are not supported by this version of the pg_durable worker"
+            run.interp.complete_step(
+                Failed(
+                    f"{node.type} nodes are not supported by this version of the pg_durable worker"
+                )
             )
-        known = attempt.outcomes.get(node.id)
+            return
+        run.statement_node = node.id
+        known = run.attempt.outcomes.get(node.id)
         if known is not None:
-            return known
+            run.interp.complete_step(known)
+            return
         try:
             text = substitute(
                 node.query or "",
@@ -355,30 +394,26 @@ class Executor:
                 mode="sql",
             )
         except SubstitutionError as exc:
-            return Failed(str(exc))
+            run.interp.complete_step(Failed(str(exc)))
+            return
         if node.id in loaded.graph.conditions:
             text = as_condition_query(text)
-        if not may_be_slow and self.sql.is_slow(text):
-            raise Postponed
-        try:
-            return await self.sql.run(
-                conns,
-                loaded.role,
-                text,
-                instance_id=loaded.graph.instance_id,
-                scope=fiber.scope,
-                batched=batched,
-            )
-        except BatchConflict:
-            raise _Deferred from None
-        except NeedsAutocommit:
-            raise _NeedsAutocommit(node.id, loaded.role, text) from None
-        except StatementAborted as exc:
-            raise _Aborted(node.id, exc.outcome) from None
+        if batched and self.sql.is_slow(text):
+            raise RunAlone  # a slow statement does not hold up a batch's quick ones
+        prepared = await self.sql.prepare(
+            conns,
+            loaded.role,
+            text,
+            instance_id=loaded.graph.instance_id,
+            scope=fiber.scope,
+            batched=batched,
+        )
+        if isinstance(prepared, Failed):
+            run.interp.complete_step(prepared)
+        else:
+            run.statement = prepared
 
-    async def _children(
-        self, conn: psycopg.AsyncConnection[Any], fiber: Fiber
-    ) -> list[ChildResult]:
+    async def _children(self, conn: AnyConn, fiber: Fiber) -> list[ChildResult]:
         cur = await conn.execute(
             query("children"),
             {"scope": fiber.scope, "node_id": fiber.node_id, "generation": fiber.generation},
@@ -395,7 +430,7 @@ class Executor:
         ]
 
     # -- the instance's frozen graph ------------------------------------------------------------
-    async def _load(self, conn: psycopg.AsyncConnection[Any], instance_id: str) -> LoadedInstance:
+    async def _load(self, conn: AnyConn, instance_id: str) -> LoadedInstance:
         cached = self._instances.get(instance_id)
         if cached is not None:
             self._instances.move_to_end(instance_id)
@@ -482,12 +517,12 @@ def _fiber_json(fiber: Fiber) -> dict[str, Any]:
     }
 
 
-def _plan_json(fiber: Fiber, plan: Plan, instance_id: str) -> dict[str, Any]:
+def _plan_json(fiber: Fiber, plan: Plan) -> dict[str, Any]:
     """The plan as df._apply_plan reads it."""
     root_done = fiber.parent_scope is None and fiber.status == "done"
     spawns = [_fiber_json(f) for f in plan.spawns]
     return {
-        "instance_id": instance_id,
+        "instance_id": fiber.instance_id,
         "scope": fiber.scope,
         "mark_running": plan.mark_running,
         "stamps": [

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from psycopg import pq, sql
 from psycopg.errors import error_from_result
 from psycopg.generators import execute
 from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
 
 from pg_durable.graph.sqlresult import Column
 from pg_durable.queries import query
@@ -36,6 +38,8 @@ from pg_durable.queries import query
 logger = logging.getLogger(__name__)
 
 EXEC_SCHEMA = "df_exec"
+#: Pseudo-SQLSTATE of a step whose role's step function does not exist (any more).
+MISSING_FUNCTION = "PDMIS"
 AnyConn = psycopg.AsyncConnection[Any]
 _DESCRIBE_CACHE_SIZE = 4096
 # Serialises concurrent creation of one role's function by several workers.
@@ -60,6 +64,8 @@ class StepRows:
 
     rows: list[str]
     error: StepFailure | None
+    #: Seconds the statement took.
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +175,35 @@ class StepRunner:
         """Forget the description of ``text`` (the statement's result shape changed)."""
         self._described.pop((role.oid, text), None)
 
-    async def run(self, conn: AnyConn, role: Role, text: str, returns_rows: bool) -> StepRows:
-        """Execute ``text`` as ``role`` in the transaction open on ``conn`` (one round trip)."""
+    async def run_steps(
+        self, conn: AnyConn, steps: Sequence[tuple[Role, str, bool]], window: float
+    ) -> list[StepRows | None]:
+        """Execute each (role, statement, returns rows) in the transaction open on ``conn``,
+        in one round trip (df._run_steps). None for a step that did not run: the window had
+        passed before its turn."""
+        payload = [
+            {"role": role.oid, "sql": text, "rows": rows, "settings": list(role.settings)}
+            for role, text, rows in steps
+        ]
         cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(query("run_step"), (role.oid, text, returns_rows, list(role.settings)))
-        rows = [r[0] for r in await cur.fetchall()]
-        if None in rows:
-            error = json.loads(rows[rows.index(None) + 1])
-            return StepRows([], StepFailure(str(error["sqlstate"]), str(error["message"])))
-        return StepRows([str(r) for r in rows], None)
+        await cur.execute(query("run_steps"), (Jsonb(payload), window))
+        results: list[StepRows | None] = [None] * len(steps)
+        rows: list[str] = []
+        failure: StepFailure | None = None
+        for index, kind, data in await cur.fetchall():
+            if kind == "row":
+                rows.append(data)
+            elif kind == "error":
+                error = json.loads(data)
+                failure = StepFailure(error["sqlstate"], error["message"])
+            elif kind == "done":
+                results[index] = StepRows(rows, failure, float(data))
+                rows, failure = [], None
+            else:  # missing: the role's step function was dropped (DROP OWNED BY)
+                self.forget(steps[index][0])
+                gone = StepFailure(MISSING_FUNCTION, "the role's step function is gone")
+                results[index] = StepRows([], gone, 0.0)
+        return results
 
     async def run_autocommit(self, conn: AnyConn, role: Role, text: str) -> None:
         """Run one of the statements PostgreSQL refuses in a transaction block (the caller has

@@ -1,37 +1,38 @@
-"""Running one SQL step: describe it, execute it as its submitter, shape its result.
+"""SQL steps: describe a statement, run a batch's statements as their submitters, shape results.
 
-The statement runs in the transaction that holds its fiber's row lock, through the submitter's
-step function (engine/identity.py), which catches the statement's error in a subtransaction:
-a failing step is an ordinary outcome and the transaction goes on to record it. What cannot be
-recorded in the same transaction is raised instead, for the executor to handle:
+A step's statement runs in the transaction that holds its fiber's row lock, through the
+submitter's step function (engine/identity.py), which catches the statement's error in a
+subtransaction: a failing step is an ordinary outcome and the transaction goes on to record
+it. A batch runs at most one statement per fiber, so its statements are independent and all
+run in one round trip. What cannot be recorded in the same transaction is raised instead, for
+the executor to deal with:
 
 * :class:`NeedsAutocommit` — VACUUM, CREATE INDEX CONCURRENTLY and their like refuse to run in
   a transaction block; they run again outside one (at least once).
-* :class:`BatchConflict` — a deadlock or serialization failure between steps that share a
-  batch transaction; the step runs again in a transaction of its own.
-* :class:`StatementAborted` — the statement took the transaction down with it (a statement
-  timeout, the submitter's step function dropped with its role); the transaction is rolled
-  back and the outcome recorded in the next one.
-* :class:`Cancelled` — the worker cancelled the statement (a lost RACE, a cancelled instance,
-  shutdown); the transaction is rolled back and nothing is recorded.
+* :class:`RunAlone` — a deadlock or serialization failure between steps of one batch, or a
+  statement that must be described again: the step runs again in a transaction of its own.
+* :class:`StatementAborted` — a statement took the transaction down with it (a statement
+  timeout); everything is rolled back and the outcome recorded in a new transaction.
+* :class:`Cancelled` — the worker cancelled the statements (a lost RACE, a cancelled instance,
+  shutdown); everything is rolled back and nothing is recorded.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import DictRow
 
-from pg_durable.engine.identity import Role, RoleGone, StepRunner
+from pg_durable.engine.identity import MISSING_FUNCTION, Role, RoleGone, StepRows, StepRunner
 from pg_durable.errors import StepError
 from pg_durable.graph.interpreter import Failed, Ok, Outcome
-from pg_durable.graph.sqlresult import SUPPORTED_TYPE_OIDS, build_result, check_columns
+from pg_durable.graph.sqlresult import SUPPORTED_TYPE_OIDS, Column, build_result, check_columns
 from pg_durable.graph.sqltext import needs_autocommit
 from pg_durable.queries import query
 
@@ -49,21 +50,20 @@ class NeedsAutocommit(Exception):
     """The statement must run outside a transaction block."""
 
 
-class BatchConflict(Exception):
-    """The statement conflicted with another step of its batch; run it alone."""
+class RunAlone(Exception):
+    """Run the step again in a transaction of its own."""
 
 
 class StatementAborted(Exception):
-    """The statement aborted the transaction; ``outcome`` is what to record after rollback
-    (None: nothing — run the step again)."""
+    """A statement aborted the transaction; ``outcome`` is what to record after rollback."""
 
-    def __init__(self, outcome: Outcome | None) -> None:
+    def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome)
         self.outcome = outcome
 
 
 class Cancelled(Exception):
-    """The worker cancelled the running statement; roll back, record nothing."""
+    """The worker cancelled the running statements; roll back, record nothing."""
 
 
 @dataclass(slots=True)
@@ -72,24 +72,34 @@ class Connections:
     worker's autocommit connection for step-function DDL, and an autocommit side connection
     (describing statements, running those that refuse transaction blocks).
 
-    ``running`` names the (instance, scope) whose statement runs right now, so the worker can
-    cancel it; ``cancel_pending`` says the worker has sent a cancel that no statement has
-    received yet."""
+    ``running`` names the (instance, scope) pairs whose statements run right now, so that the
+    worker can cancel them; ``cancel_pending`` says the worker has sent a cancel that no
+    statement has received yet."""
 
     conn: AConn
     control: AConn
     side: AConn
-    running: tuple[str, str] | None = None
+    running: list[tuple[str, str]] = field(default_factory=list)
     cancel_pending: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A described statement, ready to run as ``role``."""
+
+    role: Role
+    text: str
+    columns: tuple[Column, ...]
+    instance_id: str
+    scope: str
 
 
 class SqlSteps:
-    """Runs SQL steps for every slot of a worker (the caches are shared)."""
+    """Prepares and runs SQL steps for every slot of a worker (the caches are shared)."""
 
     def __init__(self, runner: StepRunner, slow_seconds: float) -> None:
         self.runner = runner
-        #: A statement that once ran longer than this is not batched with other steps.
+        #: A statement that once ran longer than this is not batched after other steps.
         self.slow_seconds = slow_seconds
         self._slow: OrderedDict[str, None] = OrderedDict()
         self._type_names: dict[int, str] = {}
@@ -97,7 +107,7 @@ class SqlSteps:
     def is_slow(self, text: str) -> bool:
         return text in self._slow
 
-    async def run(
+    async def prepare(
         self,
         conns: Connections,
         role: Role,
@@ -106,62 +116,76 @@ class SqlSteps:
         instance_id: str,
         scope: str,
         batched: bool,
-    ) -> Outcome:
-        """Run ``text`` as ``role`` in the open transaction and return its outcome."""
-        gone = Failed(f"Instance {instance_id}: submitted_by role no longer exists in pg_roles")
+    ) -> Statement | Failed:
+        """Describe ``text`` as ``role`` sees it; a statement that cannot run (it does not
+        parse, its result has a type pg_durable cannot map, its role is gone) is a failure."""
         try:
             await self.runner.ensure_function(conns.control, role)
             columns = await self.runner.describe(conns.side, role, text)
         except RoleGone:
-            return gone
+            return _role_gone(instance_id)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
             if batched:
                 # The statement may refer to what an earlier step of this batch created (the
                 # side connection cannot see it yet): decide in a transaction of its own.
-                raise BatchConflict from exc
+                raise RunAlone from exc
             return _sql_failure(exc.diag.message_primary or str(exc))
-        unknown = [c.type_oid for c in columns if c.type_oid not in SUPPORTED_TYPE_OIDS]
-        if unknown:
-            await self._learn_type_names(conns.control, unknown)
+        if any(c.type_oid not in SUPPORTED_TYPE_OIDS for c in columns):
+            await self._learn_type_names(conns.control, [c.type_oid for c in columns])
             try:
                 check_columns(columns, lambda oid: self._type_names.get(oid, str(oid)))
             except StepError as exc:
                 return Failed(str(exc))
-        conns.running = (instance_id, scope)
-        started = time.monotonic()
+        return Statement(role, text, columns, instance_id, scope)
+
+    async def run(
+        self, conns: Connections, statements: Sequence[Statement], window: float
+    ) -> list[StepRows | None]:
+        """Run ``statements`` in the open transaction, in one round trip. None for those not
+        started because ``window`` seconds had passed before their turn."""
+        conns.running = [(s.instance_id, s.scope) for s in statements]
         try:
-            result = await self.runner.run(conns.conn, role, text, bool(columns))
+            return await self.runner.run_steps(
+                conns.conn, [(s.role, s.text, bool(s.columns)) for s in statements], window
+            )
         except pgerrors.QueryCanceled as exc:
             if conns.cancel_pending:
                 conns.cancel_pending = False
                 raise Cancelled from exc
+            # A statement timeout (the role's own setting): the statement that ran last failed.
             raise StatementAborted(_sql_failure(exc.diag.message_primary or str(exc))) from exc
-        except pgerrors.UndefinedFunction as exc:
-            # The step function vanished (DROP OWNED BY, or the role was dropped).
-            self.runner.forget(role)
-            if await self.runner.role_exists(conns.control, role):
-                raise StatementAborted(_sql_failure(str(exc.diag.message_primary))) from exc
-            raise StatementAborted(gone) from exc
         finally:
-            conns.running = None
-        self._note_duration(text, time.monotonic() - started)
-        if result.error is not None:
-            if result.error.sqlstate == _ACTIVE_SQL_TRANSACTION and needs_autocommit(text):
+            conns.running = []
+
+    def outcome(self, statement: Statement, result: StepRows, *, batched: bool) -> Outcome:
+        """What ``statement``'s result means for its step."""
+        self._note_duration(statement.text, result.seconds)
+        error = result.error
+        if error is not None:
+            if error.sqlstate == _ACTIVE_SQL_TRANSACTION and needs_autocommit(statement.text):
                 raise NeedsAutocommit
-            if batched and result.error.sqlstate in _CONFLICTS:
-                raise BatchConflict
-            self.runner.invalidate(role, text)
-            return _sql_failure(result.error.message)
+            if error.sqlstate == MISSING_FUNCTION or (batched and error.sqlstate in _CONFLICTS):
+                raise RunAlone  # (the step function is created again on the way)
+            self.runner.invalidate(statement.role, statement.text)
+            return _sql_failure(error.message)
         try:
-            return Ok(build_result(columns, result.rows))
+            return Ok(build_result(statement.columns, result.rows))
         except StepError:
-            # The rows do not match the description: the statement's result shape changed
-            # since it was described (ALTER TABLE). Describe again next time; this time, let
-            # the step run again in a transaction of its own.
-            self.runner.invalidate(role, text)
-            raise StatementAborted(None) from None
+            # The rows do not match the description: the statement's result changed shape
+            # since it was described (ALTER TABLE). Describe it again and run it alone.
+            self.runner.invalidate(statement.role, statement.text)
+            raise RunAlone from None
+
+    def _note_duration(self, text: str, seconds: float) -> None:
+        if seconds > self.slow_seconds:
+            self._slow[text] = None
+            self._slow.move_to_end(text)
+            if len(self._slow) > _SLOW_CACHE_SIZE:
+                self._slow.popitem(last=False)
+        else:
+            self._slow.pop(text, None)
 
     async def run_autocommit(self, conns: Connections, role: Role, text: str) -> Outcome:
         """Run one of the statements PostgreSQL refuses in a transaction block, on the side
@@ -175,15 +199,6 @@ class SqlSteps:
             return _sql_failure(exc.diag.message_primary or str(exc))
         return Ok(EMPTY_RESULT)
 
-    def _note_duration(self, text: str, seconds: float) -> None:
-        if seconds > self.slow_seconds:
-            self._slow[text] = None
-            self._slow.move_to_end(text)
-            if len(self._slow) > _SLOW_CACHE_SIZE:
-                self._slow.popitem(last=False)
-        else:
-            self._slow.pop(text, None)
-
     async def _learn_type_names(self, control: AConn, oids: list[int]) -> None:
         missing = [o for o in oids if o not in self._type_names]
         if not missing:
@@ -196,3 +211,7 @@ class SqlSteps:
 
 def _sql_failure(message: str) -> Failed:
     return Failed(f"SQL execution failed: error returned from database: {message}")
+
+
+def _role_gone(instance_id: str) -> Failed:
+    return Failed(f"Instance {instance_id}: submitted_by role no longer exists in pg_roles")

@@ -251,7 +251,7 @@ class Worker:
         """Cancel the statements running for the (instance, scope) pairs that ``match``."""
         for slot in self._slots:
             conns = slot.conns
-            if conns is not None and conns.running is not None and match(conns.running):
+            if conns is not None and any(match(running) for running in conns.running):
                 conns.cancel_pending = True
                 with contextlib.suppress(psycopg.Error):
                     await conns.conn.cancel_safe()

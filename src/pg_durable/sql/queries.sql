@@ -99,8 +99,8 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
   FROM df._fibers
  WHERE status = 'ready'
 
--- name: run_step
-SELECT df._step(%s, %s, %s, %s)
+-- name: run_steps
+SELECT step, kind, data FROM df._run_steps(%s, %s)
 
 -- name: role_settings
 -- On the autocommit side connection: for the session, until RESET ALL.

@@ -251,21 +251,65 @@ BEGIN
 END
 $$;
 
--- Run one step: the role's settings, the statement through the role's step function
--- (engine/identity.py), then a clean session. One round trip. Neither function has a SET
--- search_path clause: it would restore the step's own search_path on exit, after
--- df._reset_session cleared it (so every name in them is schema-qualified).
-CREATE FUNCTION df._step(p_role oid, p_sql text, p_returns_rows boolean, p_settings text[])
-RETURNS SETOF text
+-- Run the statements of one batch (at most one per fiber, so none depends on another), in
+-- order, each through its submitter's step function (engine/identity.py) with that role's own
+-- settings, each followed by a clean session. One round trip for the whole batch.
+--
+-- p_steps: [{"role": <oid>, "sql": <text>, "rows": <returns rows>, "settings": [...]}, …]
+-- Result, per step i that ran: its rows as (i, 'row', <row_to_json>) or its error as
+-- (i, 'error', '{"sqlstate", "message"}'), then (i, 'done', <seconds it took>); or
+-- (i, 'missing', NULL) when the role's step function does not exist (any more). Steps after
+-- the first are not started once p_window seconds have passed: they return nothing, and the
+-- worker runs them later.
+--
+-- No SET search_path clause: it would restore a step's own search_path on exit, after
+-- df._reset_session cleared it (so every name here is schema-qualified).
+CREATE FUNCTION df._run_steps(p_steps jsonb, p_window float8)
+RETURNS TABLE (step int, kind text, data text)
 LANGUAGE plpgsql AS $$
+DECLARE
+    started timestamptz := pg_catalog.clock_timestamp();
+    began   timestamptz;
+    s       jsonb;
+    i       int := -1;
+    fn      text;
+    out     text[];
+    bad     int;
 BEGIN
-    IF pg_catalog.cardinality(p_settings) OPERATOR(pg_catalog.>) 0 THEN
-        PERFORM df._role_settings(p_settings, true);
-    END IF;
-    RETURN QUERY EXECUTE pg_catalog.format('SELECT s FROM df_exec.%I($1, $2) s',
-                                          'step_' OPERATOR(pg_catalog.||) p_role)
-        USING p_sql, p_returns_rows;
-    PERFORM df._reset_session();
+    FOR s IN SELECT e FROM pg_catalog.jsonb_array_elements(p_steps) e LOOP
+        i := i OPERATOR(pg_catalog.+) 1;
+        IF i OPERATOR(pg_catalog.>) 0 AND pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started
+               OPERATOR(pg_catalog.>) pg_catalog.make_interval(secs => p_window) THEN
+            RETURN;
+        END IF;
+        began := pg_catalog.clock_timestamp();
+        fn := 'step_' OPERATOR(pg_catalog.||) (s OPERATOR(pg_catalog.->>) 'role');
+        IF pg_catalog.to_regproc('df_exec.' OPERATOR(pg_catalog.||) fn) IS NULL THEN
+            step := i; kind := 'missing'; data := NULL;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        IF pg_catalog.jsonb_array_length(s OPERATOR(pg_catalog.->) 'settings') OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM df._role_settings(
+                ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s OPERATOR(pg_catalog.->) 'settings')),
+                true);
+        END IF;
+        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(r) FROM df_exec.%I($1, $2) r', fn)
+           INTO out
+          USING s OPERATOR(pg_catalog.->>) 'sql', (s OPERATOR(pg_catalog.->>) 'rows')::boolean;
+        PERFORM df._reset_session();
+        -- The step function returns NULL, then the error, when the statement failed.
+        bad := pg_catalog.array_position(out, NULL);
+        IF bad IS NOT NULL THEN
+            step := i; kind := 'error'; data := out[bad OPERATOR(pg_catalog.+) 1];
+            RETURN NEXT;
+        ELSE
+            RETURN QUERY SELECT i, 'row'::text, r FROM pg_catalog.unnest(out) r;
+        END IF;
+        step := i; kind := 'done';
+        data := pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) began)::text;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 
@@ -292,6 +336,6 @@ REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._role_settings(text[], boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION df._step(oid, text, boolean, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._run_steps(jsonb, float8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._fail_instance(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_insert() FROM PUBLIC;
