@@ -172,6 +172,50 @@ BEGIN
 END
 $$;
 
+-- The plans of a batch that only move a fiber along — no new or finished fibers, no finished
+-- instance; nearly all of them — written together: one statement per table for the whole
+-- batch instead of one per plan. Hash and merge joins are off so that each row is found by
+-- its primary key, whatever the planner guesses about the number of stamps.
+CREATE FUNCTION df._apply_moves(p_plans jsonb[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+DECLARE
+    starting text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
+                              WHERE (x->>'mark_running')::boolean);
+BEGIN
+    IF cardinality(starting) > 0 THEN
+        UPDATE df.instances SET status = 'running', updated_at = now()
+         WHERE id = ANY (starting) AND status = 'pending';
+        UPDATE df._instance_state SET started_at = now() WHERE instance_id = ANY (starting);
+    END IF;
+    UPDATE df.nodes n
+       SET status = st->>'status',
+           result = (st->>'result')::jsonb,
+           status_details = jsonb_build_object('execution_id', st->>'execution_id'),
+           updated_at = now()
+      FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
+     WHERE n.instance_id = x->>'instance_id' AND n.id = st->>'id';
+    UPDATE df._fibers f
+       SET node_id = x->'fiber'->>'node_id',
+           status = x->'fiber'->>'status',
+           run_at = greatest(clock_timestamp()
+                             + make_interval(secs => (x->'fiber'->>'delay')::float8),
+                             coalesce(to_timestamp((x->'fiber'->>'not_before')::float8),
+                                      '-infinity')),
+           generation = (x->'fiber'->>'generation')::int,
+           results = x->'fiber'->'results',
+           state = x->'fiber'->'state',
+           pending = (x->'fiber'->>'pending')::int,
+           wake_at_pending = (x->'fiber'->>'wake_at_pending')::int,
+           first_done = NULL,
+           outcome = x->'fiber'->'outcome',
+           version = f.version + 1,
+           updated_at = now()
+      FROM unnest(p_plans) x
+     WHERE f.scope = x->>'scope';
+END
+$$;
+
 -- Commit the plans of one transaction's steps (one per fiber) and return the scopes that
 -- turned out to be stale: their plan is discarded and what is left of them removed. A step's
 -- own statement has committed or will commit with this transaction either way — like a step
@@ -182,21 +226,35 @@ DECLARE
     p        jsonb;
     v_notify boolean := false;
     v_stale  boolean;
+    moves    jsonb[] := '{}';
 BEGIN
     FOR p IN SELECT jsonb_array_elements(p_plans) LOOP
-        v_stale := NOT df._fiber_alive(p->>'instance_id', p->>'scope');
-        IF NOT v_stale THEN
-            IF p->'fiber'->>'status' = 'done' AND p->'fiber'->>'parent_scope' IS NOT NULL THEN
-                -- Only a finishing child can find its parent moved on while it committed (a
-                -- sibling won the RACE meanwhile); undo its plan then.
-                BEGIN
-                    v_notify := df._apply_plan(p) OR v_notify;
-                EXCEPTION WHEN SQLSTATE 'PD001' THEN
-                    v_stale := true;
-                END;
-            ELSE
+        IF p->'fiber'->>'parent_scope' IS NULL THEN
+            -- A root fiber (or what was one: its plan has no fiber when it finished): its row
+            -- is locked by this transaction, so it is alive while its instance runs.
+            v_stale := NOT EXISTS (SELECT 1 FROM df.instances
+                                    WHERE id = p->>'instance_id'
+                                      AND status IN ('pending', 'running'));
+        ELSE
+            v_stale := NOT df._fiber_alive(p->>'instance_id', p->>'scope');
+        END IF;
+        IF v_stale THEN
+            NULL;
+        ELSIF jsonb_typeof(p->'fiber') = 'object' AND p->'fiber'->>'status' <> 'done'
+              AND jsonb_typeof(p->'instance') IS DISTINCT FROM 'object'
+              AND jsonb_array_length(p->'spawns') = 0 AND jsonb_array_length(p->'deletes') = 0
+              AND jsonb_array_length(p->'cancel_scopes') = 0 THEN
+            moves := moves || p;
+        ELSIF p->'fiber'->>'status' = 'done' AND p->'fiber'->>'parent_scope' IS NOT NULL THEN
+            -- Only a finishing child can find its parent moved on while it committed (a
+            -- sibling won the RACE meanwhile); undo its plan then.
+            BEGIN
                 v_notify := df._apply_plan(p) OR v_notify;
-            END IF;
+            EXCEPTION WHEN SQLSTATE 'PD001' THEN
+                v_stale := true;
+            END;
+        ELSE
+            v_notify := df._apply_plan(p) OR v_notify;
         END IF;
         IF v_stale THEN
             PERFORM df._drop_fibers(p->>'instance_id', p->>'scope');
@@ -205,6 +263,9 @@ BEGIN
             v_notify := true;
         END IF;
     END LOOP;
+    IF cardinality(moves) > 0 THEN
+        PERFORM df._apply_moves(moves);
+    END IF;
     IF v_notify THEN
         PERFORM pg_notify('pg_durable', 'work');
     END IF;
@@ -333,6 +394,7 @@ $$;
 REVOKE ALL ON FUNCTION df._fiber_alive(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._drop_fibers(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._role_settings(text[], boolean) FROM PUBLIC;
