@@ -3,8 +3,8 @@
 -- query, result_name) and children embedded as objects, byte-identical to pg_durable's. The
 -- envelope is transient: df.start flattens it into df.nodes.
 --
--- The text is assembled by concatenation (jsonb would reorder keys); a child is embedded with
--- the exact text it arrived with, so composing never re-serialises a subtree.
+-- The text is assembled by concatenation (jsonb would reorder keys). A child built here is
+-- embedded as it is; any other envelope is first re-serialised canonically, as serde would.
 
 -- An envelope from its parts. Children and extra_nodes are JSON texts, query/result_name plain.
 CREATE FUNCTION df._node(node_type text, left_node text DEFAULT NULL, right_node text DEFAULT NULL,
@@ -30,24 +30,134 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT set_config('df.non_future_helper', helper || '|' || statement_timestamp()::text, false);
 $$;
 
--- Auto-wrap (pg_durable's Durofut::ensure): an envelope is used as it is, anything else becomes
--- a SQL step. Only the top level is checked here; df.start validates the whole graph.
-CREATE FUNCTION df._ensure(fut text) RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+-- serde's description of an unexpected JSON value, for deserialisation errors.
+CREATE FUNCTION df._serde_unexpected(v jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE jsonb_typeof(v)
+               WHEN 'string' THEN 'string ' || (v)::text
+               WHEN 'number' THEN CASE WHEN (v)::text ~ '^-?[0-9]+$' THEN 'integer `' ELSE 'floating point `' END
+                                  || (v)::text || '`'
+               WHEN 'boolean' THEN 'boolean `' || (v)::text || '`'
+               WHEN 'array' THEN 'sequence'
+               WHEN 'object' THEN 'map'
+               ELSE 'null'
+           END
+$$;
+
+-- Deserialise an envelope the way pg_durable's serde does and serialise it again: fields in
+-- canonical order, null fields and unknown fields dropped, compact, strings re-escaped. jsonb
+-- loses the input's key order, which the canonical text does not need. The text is emitted
+-- in one depth-first pass as a list of fragments joined at the end (linear in its size);
+-- the walk keeps a stack of paths into j rather than copies of subtrees.
+CREATE FUNCTION df._canonical(j jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    j      json;
+    prefix constant text := 'Invalid Durofut JSON: failed to deserialize workflow step: ';
+    -- Stack entries: a path into j (a node to emit) or, when s_frag is set, a literal.
+    s_path text[] := ARRAY['{}'];
+    s_frag text[] := ARRAY[NULL::text];
+    top    int := 1;
+    out    text[] := '{}';
+    path   text[];
+    frag   text;
+    node   jsonb;
+    child  jsonb;
+    slot   text;
+    tail   text;
+    k      int;
+BEGIN
+    WHILE top > 0 LOOP
+        frag := s_frag[top];
+        path := s_path[top]::text[];
+        top := top - 1;
+        IF frag IS NOT NULL THEN
+            out := out || frag;
+            CONTINUE;
+        END IF;
+        node := j #> path;
+        IF jsonb_typeof(node) <> 'object' THEN
+            RAISE EXCEPTION '%invalid type: %, expected struct Durofut', prefix, df._serde_unexpected(node);
+        END IF;
+        IF coalesce(jsonb_typeof(node->'node_type'), 'null') = 'null' THEN
+            RAISE EXCEPTION '%missing field `node_type`', prefix;
+        END IF;
+        FOREACH slot IN ARRAY ARRAY['node_type', 'query', 'result_name'] LOOP
+            IF coalesce(jsonb_typeof(node->slot), 'null') NOT IN ('null', 'string') THEN
+                RAISE EXCEPTION '%invalid type: %, expected a string', prefix, df._serde_unexpected(node->slot);
+            END IF;
+        END LOOP;
+        child := node->'extra_nodes';
+        IF coalesce(jsonb_typeof(child), 'null') NOT IN ('null', 'array') THEN
+            RAISE EXCEPTION '%invalid type: %, expected a sequence', prefix, df._serde_unexpected(child);
+        END IF;
+        out := out || ('{"node_type":' || to_json(node->>'node_type')::text);
+        -- Pushed in reverse: the closing fragment first, the left child last.
+        tail := coalesce(',"query":' || to_json(node->>'query')::text, '')
+             || coalesce(',"result_name":' || to_json(node->>'result_name')::text, '') || '}';
+        top := top + 1; s_frag[top] := tail; s_path[top] := NULL;
+        IF jsonb_typeof(child) = 'array' THEN
+            top := top + 1; s_frag[top] := ']'; s_path[top] := NULL;
+            FOR k IN REVERSE jsonb_array_length(child) - 1 .. 0 LOOP
+                top := top + 1; s_frag[top] := NULL;
+                s_path[top] := (path || ARRAY['extra_nodes', k::text])::text;
+                IF k > 0 THEN
+                    top := top + 1; s_frag[top] := ','; s_path[top] := NULL;
+                END IF;
+            END LOOP;
+            top := top + 1; s_frag[top] := ',"extra_nodes":['; s_path[top] := NULL;
+        END IF;
+        FOREACH slot IN ARRAY ARRAY['condition_node', 'right_node', 'left_node'] LOOP
+            IF coalesce(jsonb_typeof(node->slot), 'null') <> 'null' THEN
+                top := top + 1; s_frag[top] := NULL; s_path[top] := (path || slot)::text;
+                top := top + 1; s_frag[top] := ',"' || slot || '":'; s_path[top] := NULL;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN array_to_string(out, '');
+END
+$$;
+
+-- Envelopes built here are canonical, so when one comes back as an argument it can be
+-- embedded as it is; re-serialising it would cost a walk of the whole subtree per operator,
+-- making a workflow built step by step (wf := wf ~> step, in a loop) quadratic. The
+-- composers remember the 64-bit hashes of their last outputs in a session setting and
+-- df._ensure trusts a text whose hash it finds there. A forged entry only lets its author
+-- embed a non-canonical envelope in their own workflow, which df.start validates anyway.
+CREATE FUNCTION df._remember(fut text) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('df.envelope_cache',
+        array_to_string((ARRAY[hashtextextended(fut, 0)::text]
+                         || string_to_array(current_setting('df.envelope_cache', true), ' '))[1:16],
+                        ' '),
+        false);
+    RETURN fut;
+END
+$$;
+
+-- Auto-wrap (pg_durable's Durofut::ensure): an envelope with a known node_type is used as it
+-- is (deserialised, so a malformed one is an error, and serialised canonically); anything else
+-- — plain SQL, JSON without node_type or with an unknown one — becomes a SQL step. A nested
+-- unknown node_type is left for df.start to report with its path.
+CREATE FUNCTION df._ensure(fut text) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j      jsonb;
     marker text;
-    kind   text;
-    field  text;
 BEGIN
     IF left(ltrim(fut, E' \t\r\n'), 1) = '{' THEN
+        IF hashtextextended(fut, 0)::text
+           = ANY (string_to_array(current_setting('df.envelope_cache', true), ' ')) THEN
+            RETURN fut;
+        END IF;
         BEGIN
-            j := fut::json;
-        EXCEPTION WHEN invalid_text_representation THEN
+            j := fut::jsonb;
+        EXCEPTION WHEN invalid_text_representation OR program_limit_exceeded
+                       OR statement_too_complex THEN
             j := NULL;
         END;
     END IF;
-    IF j IS NULL OR json_typeof(j) <> 'object' THEN
+    IF j IS NULL OR jsonb_typeof(j) <> 'object' THEN
         marker := current_setting('df.non_future_helper', true);
         IF marker IS NOT NULL AND marker <> ''
            AND split_part(marker, '|', 2) = statement_timestamp()::text THEN
@@ -56,47 +166,34 @@ BEGIN
         END IF;
         RETURN df._node('SQL', query => fut);
     END IF;
-    kind := j->>'node_type';
-    IF json_typeof(j->'node_type') IS DISTINCT FROM 'string'
-       OR kind NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
-                       'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
+    IF jsonb_typeof(j->'node_type') IS DISTINCT FROM 'string'
+       OR NOT (j->>'node_type') = ANY (ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
+                                            'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART',
+                                            'SIGNAL']) THEN
         RETURN df._node('SQL', query => fut);
     END IF;
-    FOREACH field IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
-        IF coalesce(json_typeof(j->field), 'null') NOT IN ('null', 'object') THEN
-            RAISE EXCEPTION 'Invalid Durofut JSON: failed to deserialize workflow step: % must be a Durofut JSON object, got %',
-                field, json_typeof(j->field);
-        END IF;
-    END LOOP;
-    IF coalesce(json_typeof(j->'extra_nodes'), 'null') NOT IN ('null', 'array') THEN
-        RAISE EXCEPTION 'Invalid Durofut JSON: failed to deserialize workflow step: extra_nodes must be an array, got %',
-            json_typeof(j->'extra_nodes');
-    END IF;
-    FOREACH field IN ARRAY ARRAY['query', 'result_name'] LOOP
-        IF coalesce(json_typeof(j->field), 'null') NOT IN ('null', 'string') THEN
-            RAISE EXCEPTION 'Invalid Durofut JSON: failed to deserialize workflow step: % must be a string, got %',
-                field, json_typeof(j->field);
-        END IF;
-    END LOOP;
-    RETURN fut;
+    RETURN df._canonical(j);
 END
 $$;
 
--- The envelope with its top-level fields rebuilt in canonical order (children kept as text).
+-- The envelope named `name`: in canonical text result_name is the last field, so the old
+-- name (if any) is cut off the end and the new one appended.
 CREATE FUNCTION df._with_name(fut text, name text) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node(j->>'node_type',
-                    nullif((j->'left_node')::text, 'null'),
-                    nullif((j->'right_node')::text, 'null'),
-                    nullif((j->'condition_node')::text, 'null'),
-                    nullif((j->'extra_nodes')::text, 'null'),
-                    j->>'query',
-                    name)
-      FROM (SELECT df._ensure(fut)::json AS j) e
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c   text := df._ensure(fut);
+    old text := c::jsonb->>'result_name';
+BEGIN
+    c := left(c, -1 - coalesce(length(',"result_name":' || to_json(old)::text), 0));
+    RETURN df._remember(c || ',"result_name":' || to_json(name)::text || '}');
+END
 $$;
 
 -- -------------------------------------------------------------------------------------------
--- Constructors (SPEC §1.3).
+-- Constructors (SPEC §1.3). They are pure as far as workflows go, but those that auto-wrap
+-- their arguments are VOLATILE and parallel unsafe: df._ensure reads, and the composers
+-- update, the session's envelope cache (a setting, which cannot change during a parallel
+-- operation), and df._ensure traps invalid JSON in a subtransaction.
 
 CREATE FUNCTION df.sql(query text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -104,12 +201,12 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
 $$;
 
 CREATE FUNCTION df.seq(a text, b text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('THEN', df._ensure(a), df._ensure(b))
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT df._remember(df._node('THEN', df._ensure(a), df._ensure(b)))
 $$;
 
 CREATE FUNCTION df."as"(fut text, name text) RETURNS text
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF name = '' THEN
         RAISE EXCEPTION 'df.as: result name cannot be empty';
@@ -133,10 +230,11 @@ END
 $$;
 
 CREATE FUNCTION df.loop(body text, condition text DEFAULT NULL) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN body IS NOT NULL THEN
-        df._node('LOOP', df._ensure(body),
-                 condition_node => CASE WHEN condition IS NOT NULL THEN df._ensure(condition) END)
+        df._remember(df._node('LOOP', df._ensure(body),
+                              condition_node => CASE WHEN condition IS NOT NULL
+                                                     THEN df._ensure(condition) END))
     END
 $$;
 
@@ -146,38 +244,39 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE FUNCTION df."if"(condition text, then_branch text, else_branch text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('IF', df._ensure(then_branch), df._ensure(else_branch),
-                    condition_node => df._ensure(condition))
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT df._remember(df._node('IF', df._ensure(then_branch), df._ensure(else_branch),
+                                 condition_node => df._ensure(condition)))
 $$;
 
 CREATE FUNCTION df.if_rows(result_name text, then_branch text, else_branch text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('IF', df._ensure(then_branch), df._ensure(else_branch),
-                    query => '{"condition_type":"result_has_rows","result_name":'
-                             || to_json(result_name)::text || '}')
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT df._remember(df._node('IF', df._ensure(then_branch), df._ensure(else_branch),
+                                 query => '{"condition_type":"result_has_rows","result_name":'
+                                          || to_json(result_name)::text || '}'))
 $$;
 
 CREATE FUNCTION df."join"(a text, b text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('JOIN', df._ensure(a), df._ensure(b))
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT df._remember(df._node('JOIN', df._ensure(a), df._ensure(b)))
 $$;
 
 CREATE FUNCTION df.join3(a text, b text, c text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('JOIN', df._ensure(a), df._ensure(b), extra_nodes => '[' || df._ensure(c) || ']')
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT df._remember(df._node('JOIN', df._ensure(a), df._ensure(b),
+                                 extra_nodes => '[' || df._ensure(c) || ']'))
 $$;
 
 CREATE FUNCTION df.race(a text, b text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('RACE', df._ensure(a), df._ensure(b))
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT df._remember(df._node('RACE', df._ensure(a), df._ensure(b)))
 $$;
 
 -- -------------------------------------------------------------------------------------------
 -- Operator support (SPEC §1.4).
 
 CREATE FUNCTION df.as_op(fut text, name text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT df."as"(fut, name)
 $$;
 
@@ -189,7 +288,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
 $$;
 
 CREATE FUNCTION df.if_else_op(partial text, else_branch text) RETURNS text
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     j json;
 BEGIN
@@ -206,7 +305,7 @@ END
 $$;
 
 CREATE FUNCTION df.loop_prefix_op(body text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT df.loop(body)
 $$;
 

@@ -17,13 +17,17 @@ CREATE TYPE df._flat_graph AS (
 );
 
 -- Validate and flatten an envelope. Errors name the offending node by its path from the root
--- (root.left.condition_node, root.extra_nodes[0]).
+-- (root.left.condition_node, root.extra_nodes[0]); a malformed root is reported as such, and
+-- the two graph-wide limits (depth, node count) by themselves.
+-- Nodes get their index when visited, so the arrays (and the df.nodes rows inserted from
+-- them) are in pre-order; a child is linked into its parent's slot at that moment.
 CREATE FUNCTION df._flatten(fut jsonb) RETURNS df._flat_graph
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     valid_types constant text[] := ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
         'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL'];
     valid_text  constant text := 'Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL';
+    graph_err   constant text := 'Invalid durable function graph:';
     -- Separate arrays, not fields of a composite: PL/pgSQL updates a standalone array in
     -- place, but copies a composite's array field on every element assignment.
     a_types  text[] := '{}';
@@ -33,147 +37,157 @@ DECLARE
     a_right  int[] := '{}';
     a_cond   int[] := '{}';
     a_extra  text[] := '{}';
-    -- Work stack of nodes still to visit: their json, path, depth and pre-assigned index.
+    -- Work stack of nodes still to visit: their json, path, depth, parent index and the
+    -- parent's slot they fill (1 left, 2 right, 3 condition, 4 extra).
     s_json   jsonb[] := ARRAY[fut];
     s_path   text[] := ARRAY['root'];
     s_depth  int[] := ARRAY[0];
-    s_index  int[] := ARRAY[1];
+    s_parent int[] := ARRAY[NULL::int];
+    s_slot   int[] := ARRAY[NULL::int];
     top      int := 1;
-    n        int := 1;    -- indexes assigned so far
+    n        int := 0;    -- indexes assigned so far
     j        jsonb;
     path     text;
     depth    int;
     idx      int;
+    parent   int;
     kind     text;
     q        text;
     cfg      jsonb;
-    name     text;
+    field    text;
     child    jsonb;
-    extra_ix int[];
     k        int;
     err      text;
-    children jsonb[];
-    cpaths   text[];
-    cix      int[];
+    has      boolean[];   -- left, right, condition present
 BEGIN
     WHILE top > 0 LOOP
-        j := s_json[top]; path := s_path[top]; depth := s_depth[top]; idx := s_index[top];
+        j := s_json[top]; path := s_path[top]; depth := s_depth[top];
+        parent := s_parent[top];
+        CASE s_slot[top]
+            WHEN 1 THEN a_left[parent] := n + 1;
+            WHEN 2 THEN a_right[parent] := n + 1;
+            WHEN 3 THEN a_cond[parent] := n + 1;
+            WHEN 4 THEN a_extra[parent] := coalesce(a_extra[parent] || ',', '') || (n + 1);
+            ELSE NULL;
+        END CASE;
         top := top - 1;
+        n := n + 1;
+        idx := n;
+        -- Every array gets an element per node, so all are dense and 1-based.
+        a_left[idx] := NULL;
+        a_right[idx] := NULL;
+        a_cond[idx] := NULL;
+        a_extra[idx] := NULL;
         IF depth > 256 THEN
             RAISE EXCEPTION 'Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into multiple instances.';
+        END IF;
+        IF n > 10000 THEN
+            RAISE EXCEPTION 'Workflow exceeds maximum node count of 10000. Split it into several workflows (for example, one instance per batch).';
         END IF;
         kind := j->>'node_type';
         IF jsonb_typeof(j->'node_type') IS DISTINCT FROM 'string' OR NOT kind = ANY (valid_types) THEN
             IF path = 'root' THEN
                 RAISE EXCEPTION 'Invalid durable function: Unknown node_type ''%''. %',
-                    coalesce(kind, (j->'node_type')::text, ''), valid_text;
+                    coalesce(kind, ''), valid_text;
             END IF;
-            RAISE EXCEPTION 'Invalid durable function graph: %: Unknown node_type ''%''. %',
-                path, coalesce(kind, (j->'node_type')::text, ''), valid_text;
+            RAISE EXCEPTION '% %: Unknown node_type ''%''. %', graph_err, path, coalesce(kind, ''), valid_text;
         END IF;
+        -- Field types, in serde's words.
         err := NULL;
-        IF coalesce(jsonb_typeof(j->'query'), 'null') NOT IN ('null', 'string') THEN
-            err := 'query must be a string';
-        ELSIF coalesce(jsonb_typeof(j->'result_name'), 'null') NOT IN ('null', 'string') THEN
-            err := 'result_name must be a string';
-        ELSIF coalesce(jsonb_typeof(j->'extra_nodes'), 'null') NOT IN ('null', 'array') THEN
-            err := 'extra_nodes must be an array';
+        FOREACH field IN ARRAY ARRAY['query', 'result_name'] LOOP
+            IF err IS NULL AND coalesce(jsonb_typeof(j->field), 'null') NOT IN ('null', 'string') THEN
+                err := 'invalid type: ' || df._serde_unexpected(j->field) || ', expected a string';
+            END IF;
+        END LOOP;
+        IF err IS NULL AND coalesce(jsonb_typeof(j->'extra_nodes'), 'null') NOT IN ('null', 'array') THEN
+            err := 'invalid type: ' || df._serde_unexpected(j->'extra_nodes') || ', expected a sequence';
         END IF;
         IF err IS NOT NULL THEN
             IF path = 'root' THEN
                 RAISE EXCEPTION 'Invalid durable function: Malformed Durofut JSON with node_type ''%'': %', kind, err;
             END IF;
-            RAISE EXCEPTION 'Invalid durable function graph: %: %', path, err;
+            RAISE EXCEPTION '% %: %', graph_err, path, err;
         END IF;
         q := j->>'query';
-        name := j->>'result_name';
-        IF name IS NOT NULL AND name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
-            RAISE EXCEPTION 'Invalid durable function graph: %: result_name ''%'' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*',
-                path, name;
+        IF j->>'result_name' !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
+            RAISE EXCEPTION '% %: result_name ''%'' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*',
+                graph_err, path, j->>'result_name';
         END IF;
         IF coalesce(jsonb_typeof(j->'condition_node'), 'null') <> 'null' AND kind NOT IN ('IF', 'LOOP') THEN
-            RAISE EXCEPTION 'Invalid durable function graph: %: condition_node is not valid for % nodes', path, kind;
+            RAISE EXCEPTION '% %: condition_node is not valid for % nodes', graph_err, path, kind;
         END IF;
         IF coalesce(jsonb_typeof(j->'extra_nodes'), 'null') <> 'null' AND kind <> 'JOIN' THEN
-            RAISE EXCEPTION 'Invalid durable function graph: %: extra_nodes is not valid for % nodes', path, kind;
+            RAISE EXCEPTION '% %: extra_nodes is not valid for % nodes', graph_err, path, kind;
         END IF;
-
-        -- Children, in visiting order.
-        children := '{}'; cpaths := '{}';
-        FOREACH name IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
-            child := j->name;
-            IF coalesce(jsonb_typeof(child), 'null') = 'null' THEN
-                children := children || NULL::jsonb;
-            ELSIF jsonb_typeof(child) <> 'object' THEN
-                IF name = 'condition_node' THEN
-                    RAISE EXCEPTION 'Invalid durable function graph: %: condition_node must be a Durofut JSON object', path;
-                END IF;
-                RAISE EXCEPTION 'Invalid durable function graph: %: Durofut children must be JSON objects', path;
-            ELSE
-                children := children || child;
-            END IF;
-            cpaths := cpaths || (path || '.' || CASE name WHEN 'left_node' THEN 'left'
-                                                          WHEN 'right_node' THEN 'right'
-                                                          ELSE 'condition_node' END);
-        END LOOP;
-        extra_ix := NULL;
-        IF jsonb_typeof(j->'extra_nodes') = 'array' THEN
-            k := 0;
-            FOR child IN SELECT e FROM jsonb_array_elements(j->'extra_nodes') e LOOP
+        has := ARRAY[false, false, false];
+        k := 0;
+        FOREACH field IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
+            k := k + 1;
+            child := j->field;
+            IF coalesce(jsonb_typeof(child), 'null') <> 'null' THEN
                 IF jsonb_typeof(child) <> 'object' THEN
-                    RAISE EXCEPTION 'Invalid durable function graph: %: extra_nodes entries must be Durofut JSON objects', path;
+                    IF field = 'condition_node' THEN
+                        RAISE EXCEPTION '% %: condition_node must be a Durofut JSON object', graph_err, path;
+                    END IF;
+                    RAISE EXCEPTION '% %: Durofut children must be JSON objects', graph_err, path;
                 END IF;
-                children := children || child;
-                cpaths := cpaths || (path || '.extra_nodes[' || k || ']');
-                k := k + 1;
-            END LOOP;
+                has[k] := true;
+            END IF;
+        END LOOP;
+        IF jsonb_typeof(j->'extra_nodes') = 'array'
+           AND jsonb_path_exists(j->'extra_nodes', 'strict $[*] ? (@.type() != "object")') THEN
+            RAISE EXCEPTION '% %: extra_nodes entries must be Durofut JSON objects', graph_err, path;
         END IF;
 
         -- Structure and configuration per node type.
         CASE
         WHEN kind = 'SQL' THEN
             IF q IS NULL THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: SQL nodes need a query', path;
+                RAISE EXCEPTION '% %: SQL nodes need a query', graph_err, path;
+            END IF;
+            IF has[1] OR has[2] THEN
+                RAISE EXCEPTION '% %: SQL nodes cannot have children', graph_err, path;
             END IF;
         WHEN kind IN ('THEN', 'JOIN', 'RACE') THEN
-            IF children[1] IS NULL OR children[2] IS NULL THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: % nodes need a left_node and a right_node', path, kind;
+            IF NOT (has[1] AND has[2]) THEN
+                RAISE EXCEPTION '% %: % nodes need a left_node and a right_node', graph_err, path, kind;
             END IF;
-            q := NULL;
+            q := NULL;   -- JOIN's query is rebuilt from its extra_nodes
         WHEN kind = 'IF' THEN
-            IF children[1] IS NULL OR children[2] IS NULL THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: IF nodes need a left_node (then) and a right_node (else)', path;
+            IF NOT (has[1] AND has[2]) THEN
+                RAISE EXCEPTION '% %: IF nodes need a left_node (then) and a right_node (else)', graph_err, path;
             END IF;
             IF q IS NOT NULL THEN
                 BEGIN
                     cfg := q::jsonb;
                 EXCEPTION WHEN invalid_text_representation THEN
-                    RAISE EXCEPTION 'Invalid durable function graph: %: query in IF must be valid JSON config: %', path, SQLERRM;
+                    RAISE EXCEPTION '% %: query in IF must be valid JSON config: %', graph_err, path, SQLERRM;
                 END;
                 IF jsonb_typeof(cfg) <> 'object' THEN
-                    RAISE EXCEPTION 'Invalid durable function graph: %: query in IF must be a JSON config object', path;
+                    RAISE EXCEPTION '% %: query in IF must be a JSON config object', graph_err, path;
                 END IF;
-                IF cfg->'condition_node' IS NOT NULL THEN
-                    RAISE EXCEPTION 'Invalid durable function graph: %: condition_node in IF must be a first-class Durofut field, not embedded in query', path;
+                IF cfg ? 'condition_node' THEN
+                    RAISE EXCEPTION '% %: condition_node in IF must be a first-class Durofut field, not embedded in query', graph_err, path;
                 END IF;
                 IF cfg->>'condition_type' IS DISTINCT FROM 'result_has_rows'
                    OR jsonb_typeof(cfg->'result_name') IS DISTINCT FROM 'string' THEN
-                    RAISE EXCEPTION 'Invalid durable function graph: %: query in IF must be {"condition_type":"result_has_rows","result_name":"<name>"}', path;
+                    RAISE EXCEPTION '% %: query in IF must be {"condition_type":"result_has_rows","result_name":"<name>"}', graph_err, path;
                 END IF;
-                IF children[3] IS NOT NULL THEN
-                    RAISE EXCEPTION 'Invalid durable function graph: %: an IF has either a condition_node or a result_has_rows query, not both', path;
+                IF has[3] THEN
+                    RAISE EXCEPTION '% %: an IF has either a condition_node or a result_has_rows query, not both', graph_err, path;
                 END IF;
-            ELSIF children[3] IS NULL THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: IF nodes need a condition_node', path;
+            ELSIF NOT has[3] THEN
+                RAISE EXCEPTION '% %: IF nodes need a condition_node', graph_err, path;
             END IF;
         WHEN kind = 'LOOP' THEN
-            IF children[1] IS NULL OR children[2] IS NOT NULL THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: LOOP nodes need a left_node (the body) and no right_node', path;
+            IF NOT has[1] OR has[2] THEN
+                RAISE EXCEPTION '% %: LOOP nodes need a left_node (the body) and no right_node', graph_err, path;
             END IF;
-            q := NULL;
+            q := NULL;   -- rebuilt from the condition_node, if any
         WHEN kind = 'SLEEP' THEN
+            -- (Digits beyond bigint fail the cast: 'value "…" is out of range'.)
             IF q IS NULL OR q !~ '^\s*[0-9]+\s*$' THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: query in SLEEP must be a non-negative whole number of seconds', path;
+                RAISE EXCEPTION '% %: query in SLEEP must be a non-negative whole number of seconds', graph_err, path;
             END IF;
             q := btrim(q)::bigint::text;
         ELSE  -- BREAK, WAIT_SCHEDULE, SIGNAL, HTTP, HTTP_MULTIPART: a JSON config object
@@ -183,44 +197,35 @@ BEGIN
                 cfg := NULL;
             END;
             IF cfg IS NULL OR jsonb_typeof(cfg) <> 'object' THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: query in % must be a JSON config object', path, kind;
+                RAISE EXCEPTION '% %: query in % must be a JSON config object', graph_err, path, kind;
             END IF;
-            IF children[1] IS NOT NULL OR children[2] IS NOT NULL THEN
-                RAISE EXCEPTION 'Invalid durable function graph: %: % nodes cannot have children', path, kind;
+            IF has[1] OR has[2] THEN
+                RAISE EXCEPTION '% %: % nodes cannot have children', graph_err, path, kind;
             END IF;
         END CASE;
-        IF kind = 'SQL' AND (children[1] IS NOT NULL OR children[2] IS NOT NULL) THEN
-            RAISE EXCEPTION 'Invalid durable function graph: %: SQL nodes cannot have children', path;
-        END IF;
-
-        -- Give every child its index, then push them so that they pop in pre-order.
-        cix := '{}';
-        FOR k IN 1 .. coalesce(array_length(children, 1), 0) LOOP
-            IF children[k] IS NULL THEN
-                cix := cix || NULL::int;
-            ELSE
-                n := n + 1;
-                cix := cix || n;
-            END IF;
-        END LOOP;
-        IF n > 10000 THEN
-            RAISE EXCEPTION 'Workflow exceeds maximum node count of 10000. Split it into several workflows (for example, one instance per batch).';
-        END IF;
         a_types[idx] := kind;
         a_query[idx] := q;
         a_name[idx] := j->>'result_name';
-        a_left[idx] := cix[1];
-        a_right[idx] := cix[2];
-        a_cond[idx] := cix[3];
-        a_extra[idx] := CASE WHEN array_length(cix, 1) > 3
-                              THEN array_to_string(cix[4:], ',') END;
-        FOR k IN REVERSE coalesce(array_length(children, 1), 0) .. 1 LOOP
-            IF children[k] IS NOT NULL THEN
+
+        -- Push the children so that they pop in pre-order: left, right, condition, extras.
+        IF jsonb_typeof(j->'extra_nodes') = 'array' THEN
+            FOR k IN REVERSE jsonb_array_length(j->'extra_nodes') - 1 .. 0 LOOP
                 top := top + 1;
-                s_json[top] := children[k];
-                s_path[top] := cpaths[k];
+                s_json[top] := j->'extra_nodes'->k;
+                s_path[top] := path || '.extra_nodes[' || k || ']';
                 s_depth[top] := depth + 1;
-                s_index[top] := cix[k];
+                s_parent[top] := idx;
+                s_slot[top] := 4;
+            END LOOP;
+        END IF;
+        FOR k IN REVERSE 3 .. 1 LOOP
+            IF has[k] THEN
+                top := top + 1;
+                s_json[top] := j->(ARRAY['left_node', 'right_node', 'condition_node'])[k];
+                s_path[top] := path || '.' || (ARRAY['left', 'right', 'condition_node'])[k];
+                s_depth[top] := depth + 1;
+                s_parent[top] := idx;
+                s_slot[top] := k;
             END IF;
         END LOOP;
     END LOOP;

@@ -123,6 +123,7 @@ END
 $$;
 
 -- The keyset cursor: lowercase hex of 'v1|<created_at, microseconds and offset>|<id>'.
+-- (Read back case-insensitively, as pg_durable's hex decoder does.)
 CREATE FUNCTION df._list_cursor(created_at timestamptz, id text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT encode(convert_to('v1|' || to_char(created_at, 'YYYY-MM-DD"T"HH24:MI:SS.USOF')
@@ -144,7 +145,7 @@ BEGIN
     IF after_cursor IS NOT NULL THEN
         BEGIN
             IF length(after_cursor) > 512 OR length(after_cursor) % 2 <> 0
-               OR after_cursor !~ '^[0-9a-f]*$' THEN
+               OR after_cursor !~ '^[0-9a-fA-F]*$' THEN
                 RAISE EXCEPTION 'bad cursor';
             END IF;
             c_parts := string_to_array(convert_from(decode(after_cursor, 'hex'), 'UTF8'), '|');
@@ -200,7 +201,8 @@ $$;
 
 -- One row per generation of the root execution, newest first. This engine keeps only the
 -- current generation's facts: earlier generations (root-loop iterations) are reported as
--- ContinuedAsNew without event counts or durations.
+-- ContinuedAsNew without event counts or durations; the current one counts its node
+-- executions as events.
 CREATE FUNCTION df.instance_executions(instance_id text, limit_count int DEFAULT 5)
 RETURNS TABLE (execution_id bigint, status text, event_count bigint, duration_ms bigint,
                output text)
@@ -211,7 +213,14 @@ BEGIN
     IF limit_count < 1 THEN
         RAISE EXCEPTION 'limit_count must be at least 1';
     END IF;
-    SELECT i.status, coalesce(s.execution_count, 1) AS n, s.output, s.started_at, s.finished_at
+    -- Events of the current generation: the node executions stamped in it, in the root
+    -- scope or in any child scope started from it.
+    SELECT i.status, coalesce(s.execution_count, 1) AS n, s.output, s.started_at, s.finished_at,
+           (SELECT count(*) FROM df.nodes x
+             WHERE x.instance_id = i.id
+               AND (x.status_details->>'execution_id' = i.id || '::' || coalesce(s.execution_count, 1)
+                    OR x.status_details->>'execution_id'
+                       LIKE i.id || '::' || coalesce(s.execution_count, 1) || '::%')) AS events
       INTO inst
       FROM df.instances i
       LEFT JOIN df._instance_state s ON s.instance_id = i.id
@@ -225,7 +234,7 @@ BEGIN
                 WHEN inst.status = 'completed' THEN 'Completed'
                 WHEN inst.status IN ('failed', 'cancelled') THEN 'Failed'
                 ELSE 'Running' END,
-           NULL::bigint,
+           CASE WHEN g = inst.n THEN inst.events END,
            CASE WHEN g = inst.n AND inst.finished_at IS NOT NULL
                 THEN (extract(epoch FROM inst.finished_at - inst.started_at) * 1000)::bigint END,
            CASE WHEN g = inst.n THEN inst.output END
@@ -264,93 +273,155 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
+-- Linear in the number of nodes whatever the graph's shape or the number of scopes: two
+-- single-scan queries gather the facts (each node's status, stamp and children; the highest
+-- generation per scope), maps keyed by node id and by scope are jsonb objects (binary-searched),
+-- and the rest is PL/pgSQL over arrays, which it keeps expanded (O(1) subscripts). No join:
+-- a join would be planned from df.nodes' row estimate, which is far off for a fresh instance,
+-- and a nested loop over thousands of nodes is quadratic. A node is visited once, so a
+-- hand-built graph with a cycle cannot make the walk loop.
 CREATE FUNCTION df._infer_nodes(p_instance text)
 RETURNS TABLE (node_id text, inferred_status text, inferred_status_from_ancestor_id text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-WITH RECURSIVE
-n AS (
-    SELECT x.id::text AS id, x.node_type, x.status, x.left_node::text AS l,
-           x.right_node::text AS r,
-           CASE WHEN x.node_type IN ('IF', 'LOOP', 'JOIN') THEN df._try_jsonb(x.query) END AS cfg,
-           string_to_array(x.status_details->>'execution_id', '::') AS seg
-      FROM df.nodes x
-     WHERE x.instance_id = p_instance
-),
-stamp AS (
-    SELECT n.id, n.seg,
-           array_to_string(n.seg[1:array_length(n.seg, 1) - 1], '::') AS scope,
-           n.seg[array_length(n.seg, 1)]::int AS gen
-      FROM n
-     WHERE array_length(n.seg, 1) >= 2 AND n.seg[array_length(n.seg, 1)] ~ '^\d+$'
-),
-scope_max AS (
-    SELECT scope, max(gen) AS mg FROM stamp GROUP BY scope
-),
-node AS (
-    SELECT n.id, n.node_type, n.status, n.l, n.r, n.cfg, st.gen,
-           -- A window, not a join with scope_max: with a stale row estimate for one big
-           -- instance the planner picked a nested loop (quadratic in the number of scopes).
-           coalesce(st.gen < max(st.gen) OVER (PARTITION BY st.scope)
-                    OR EXISTS (SELECT 1
-                                 FROM generate_series(1, array_length(st.seg, 1) - 3, 2) k
-                                 JOIN scope_max a
-                                   ON a.scope = array_to_string(st.seg[1:k], '::')
-                                WHERE st.seg[k + 1] ~ '^\d+$' AND st.seg[k + 1]::int < a.mg),
-                    false) AS superseded
-      FROM n
-      LEFT JOIN stamp st ON st.id = n.id
-),
-edge AS (
-    SELECT p.id AS parent, c.child
-      FROM node p
-     CROSS JOIN LATERAL (
-        SELECT p.cfg->>'condition_node' WHERE p.node_type = 'IF'
-        UNION ALL SELECT p.l
-        UNION ALL SELECT p.r
-        UNION ALL SELECT p.cfg->>'condition_node' WHERE p.node_type = 'LOOP'
-        UNION ALL SELECT e FROM jsonb_array_elements_text(
-            CASE WHEN p.node_type = 'JOIN' AND jsonb_typeof(p.cfg->'extra_nodes') = 'array'
-                 THEN p.cfg->'extra_nodes' ELSE '[]'::jsonb END) e
-     ) AS c(child)
-     WHERE c.child IS NOT NULL
-),
-walk AS (
-    SELECT i.root_node::text AS id, NULL::text AS term_anc, NULL::text AS hg_anc,
-           NULL::int AS hg, 0 AS depth
-      FROM df.instances i WHERE i.id = p_instance
-    UNION ALL
-    SELECT e.child,
-           CASE WHEN p.status IN ('completed', 'failed') AND NOT p.superseded
-                THEN p.id ELSE w.term_anc END,
-           CASE WHEN p.gen IS NOT NULL AND (w.hg IS NULL OR p.gen >= w.hg)
-                THEN p.id ELSE w.hg_anc END,
-           CASE WHEN p.gen IS NOT NULL AND (w.hg IS NULL OR p.gen >= w.hg)
-                THEN p.gen ELSE w.hg END,
-           w.depth + 1
-      FROM walk w
-      JOIN node p ON p.id = w.id
-      JOIN edge e ON e.parent = w.id
-     WHERE w.depth < 10001
-)
-SELECT node.id,
-       CASE
-           WHEN w.id IS NULL THEN node.status
-           WHEN node.status IN ('completed', 'failed') AND NOT node.superseded THEN node.status
-           WHEN node.status IN ('completed', 'failed') THEN
-               CASE WHEN w.term_anc IS NOT NULL THEN 'skipped' ELSE 'pending' END
-           WHEN w.term_anc IS NOT NULL THEN 'skipped'
-           WHEN node.status = 'running' THEN 'running'
-           ELSE 'pending'
-       END,
-       CASE
-           WHEN w.id IS NULL THEN NULL
-           WHEN node.status IN ('completed', 'failed') AND NOT node.superseded THEN NULL
-           WHEN node.status IN ('completed', 'failed') THEN coalesce(w.term_anc, w.hg_anc)
-           ELSE w.term_anc
-       END
-  FROM node
-  LEFT JOIN (SELECT DISTINCT ON (walk.id) walk.* FROM walk ORDER BY walk.id, walk.depth) w
-    ON w.id = node.id
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ids      text[];
+    v_st       text[];
+    v_stamp    text[];
+    v_kids     text[];
+    v_ix       jsonb;      -- node id → index
+    v_smax     jsonb;      -- scope → highest generation stamped
+    v_root     int;
+    v_gen      int[] := '{}';
+    v_sup      boolean[] := '{}';
+    -- Per node, what its ancestors say: the nearest terminal (not superseded) ancestor, the
+    -- highest-generation ancestor and that generation.
+    v_term     int[] := '{}';
+    v_hg_anc   int[] := '{}';
+    v_hg       int[] := '{}';
+    v_reached  boolean[] := '{}';
+    v_queue    int[];
+    v_head     int := 1;
+    v_tail     int := 1;
+    v_out      text[] := '{}';
+    v_from     text[] := '{}';
+    v_n        int;
+    v_p        int;
+    v_c        int;
+    v_t        int;
+    v_ha       int;
+    v_hv       int;
+    v_k        int;
+    v_len      int;
+    v_max      int;
+    v_seg      text[];
+    v_kid      text;
+    v_terminal boolean;
+BEGIN
+    -- Children per node type: THEN/RACE left, right; JOIN also its extras; IF its
+    -- condition, then, else; LOOP its body and condition.
+    SELECT array_agg(x.id ORDER BY x.id), array_agg(x.status ORDER BY x.id),
+           array_agg(x.stamp ORDER BY x.id), array_agg(x.kids ORDER BY x.id),
+           jsonb_object_agg(x.id, x.ix)
+      INTO v_ids, v_st, v_stamp, v_kids, v_ix
+      FROM (SELECT y.id::text AS id, y.status, y.status_details->>'execution_id' AS stamp,
+                   row_number() OVER (ORDER BY y.id) AS ix,
+                   concat_ws(',',
+                       CASE WHEN y.node_type = 'IF' THEN y.cfg->>'condition_node' END,
+                       y.left_node, y.right_node,
+                       CASE WHEN y.node_type = 'LOOP' THEN y.cfg->>'condition_node' END,
+                       CASE WHEN y.node_type = 'JOIN' AND jsonb_typeof(y.cfg->'extra_nodes') = 'array'
+                            THEN (SELECT string_agg(e, ',')
+                                    FROM jsonb_array_elements_text(y.cfg->'extra_nodes') e) END)
+                       AS kids
+              FROM (SELECT z.*, CASE WHEN z.node_type IN ('IF', 'LOOP', 'JOIN')
+                                     THEN df._try_jsonb(z.query) END AS cfg
+                      FROM df.nodes z
+                     WHERE z.instance_id = p_instance) y) x;
+    v_n := coalesce(array_length(v_ids, 1), 0);
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(jsonb_object_agg(s.scope, s.mg), '{}') INTO v_smax
+      FROM (SELECT array_to_string(t.seg[1:array_length(t.seg, 1) - 1], '::') AS scope,
+                   max(t.seg[array_length(t.seg, 1)]::int) AS mg
+              FROM (SELECT string_to_array(z.status_details->>'execution_id', '::') AS seg
+                      FROM df.nodes z
+                     WHERE z.instance_id = p_instance) t
+             WHERE array_length(t.seg, 1) >= 2 AND t.seg[array_length(t.seg, 1)] ~ '^\d{1,9}$'
+             GROUP BY 1) s;
+    SELECT (v_ix->>i.root_node)::int INTO v_root FROM df.instances i WHERE i.id = p_instance;
+
+    -- Generation of each stamp, and whether a later generation of its scope, or of a scope
+    -- enclosing it ('<parent scope>::<parent generation>::<node>'), has been stamped since.
+    FOR v_p IN 1 .. v_n LOOP
+        v_seg := string_to_array(v_stamp[v_p], '::');
+        v_len := coalesce(array_length(v_seg, 1), 0);
+        v_gen[v_p] := NULL;
+        v_sup[v_p] := false;
+        IF v_len >= 2 AND v_seg[v_len] ~ '^\d{1,9}$' THEN
+            v_gen[v_p] := v_seg[v_len]::int;
+            v_max := (v_smax->>array_to_string(v_seg[1:v_len - 1], '::'))::int;
+            v_sup[v_p] := v_gen[v_p] < v_max;
+            v_k := 1;
+            WHILE NOT v_sup[v_p] AND v_k <= v_len - 3 LOOP
+                IF v_seg[v_k + 1] ~ '^\d{1,9}$' THEN
+                    v_max := (v_smax->>array_to_string(v_seg[1:v_k], '::'))::int;
+                    v_sup[v_p] := coalesce(v_seg[v_k + 1]::int < v_max, false);
+                END IF;
+                v_k := v_k + 2;
+            END LOOP;
+        END IF;
+    END LOOP;
+
+    IF v_root IS NOT NULL THEN
+        v_queue := ARRAY[v_root];
+        v_reached[v_root] := true;
+        WHILE v_head <= v_tail LOOP
+            v_p := v_queue[v_head];
+            v_head := v_head + 1;
+            v_t := CASE WHEN v_st[v_p] IN ('completed', 'failed') AND NOT v_sup[v_p]
+                        THEN v_p ELSE v_term[v_p] END;
+            IF v_gen[v_p] IS NOT NULL AND (v_hg[v_p] IS NULL OR v_gen[v_p] >= v_hg[v_p]) THEN
+                v_ha := v_p;
+                v_hv := v_gen[v_p];
+            ELSE
+                v_ha := v_hg_anc[v_p];
+                v_hv := v_hg[v_p];
+            END IF;
+            FOREACH v_kid IN ARRAY coalesce(string_to_array(v_kids[v_p], ','), '{}') LOOP
+                v_c := (v_ix->>v_kid)::int;
+                IF v_c IS NOT NULL AND v_reached[v_c] IS NULL THEN
+                    v_reached[v_c] := true;
+                    v_term[v_c] := v_t;
+                    v_hg_anc[v_c] := v_ha;
+                    v_hg[v_c] := v_hv;
+                    v_tail := v_tail + 1;
+                    v_queue[v_tail] := v_c;
+                END IF;
+            END LOOP;
+        END LOOP;
+    END IF;
+
+    -- Nodes the walk did not reach (a hand-built graph's strays) keep their physical status.
+    -- Computed here, where the arrays are expanded; a query would get them flattened, and
+    -- subscripting a flat array of text is linear.
+    FOR v_p IN 1 .. v_n LOOP
+        v_terminal := v_st[v_p] IN ('completed', 'failed');
+        IF v_reached[v_p] IS NULL OR (v_terminal AND NOT v_sup[v_p]) THEN
+            v_out[v_p] := v_st[v_p];
+            v_from[v_p] := NULL;
+        ELSIF v_terminal THEN
+            v_out[v_p] := CASE WHEN v_term[v_p] IS NOT NULL THEN 'skipped' ELSE 'pending' END;
+            v_from[v_p] := v_ids[coalesce(v_term[v_p], v_hg_anc[v_p])];
+        ELSE
+            v_out[v_p] := CASE WHEN v_term[v_p] IS NOT NULL THEN 'skipped'
+                               WHEN v_st[v_p] = 'running' THEN 'running'
+                               ELSE 'pending' END;
+            v_from[v_p] := v_ids[v_term[v_p]];
+        END IF;
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(v_ids, v_out, v_from);
+END
 $$;
 
 CREATE FUNCTION df.instance_nodes(instance_id_param text)
