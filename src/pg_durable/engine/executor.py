@@ -238,15 +238,18 @@ class Executor:
         await conns.conn.execute("ROLLBACK")
 
     async def _commit(self, conn: AnyConn, plans: list[dict[str, Any]]) -> None:
-        if plans:
+        if not plans:
+            await conn.execute("COMMIT")
+            return
+        async with conn.pipeline():  # one round trip
             cur = await conn.execute(query("commit_steps"), {"plans": Jsonb(plans)})
-            for stale in await cur.fetchall():
-                logger.debug(
-                    "discarded the plan of stale fiber %s",
-                    stale["scope"],
-                    extra={"action": "stale_step"},
-                )
-        await conn.execute("COMMIT")
+            await conn.execute("COMMIT")
+        for stale in await cur.fetchall():
+            logger.debug(
+                "discarded the plan of stale fiber %s",
+                stale["scope"],
+                extra={"action": "stale_step"},
+            )
         for plan in plans:
             outcome = plan["instance"]
             if outcome is not None:

@@ -221,7 +221,8 @@ class Worker:
             async for note in conn.notifies():
                 payload = note.payload
                 if payload == "work":
-                    await self._notify_slots()
+                    # One slot looks; if it finds work, it wakes the next (_run_available).
+                    await self._notify_slots(1)
                 elif payload.startswith("cancel:"):
                     await self._cancel_running(_in_instance(payload[len("cancel:") :]))
                 elif payload.startswith("cancel-scope:"):
@@ -243,9 +244,13 @@ class Worker:
                 await conn.execute(query("sweep"))
             await self._sleep_or_stop(_SWEEP_INTERVAL)
 
-    async def _notify_slots(self) -> None:
+    async def _notify_slots(self, count: int | None = None) -> None:
+        """Wake ``count`` idle slots (all of them by default)."""
         async with self._wake:
-            self._wake.notify_all()
+            if count is None:
+                self._wake.notify_all()
+            else:
+                self._wake.notify(count)
 
     async def _cancel_running(self, match: Callable[[tuple[str, str]], bool]) -> None:
         """Cancel the statements running for the (instance, scope) pairs that ``match``."""
@@ -303,19 +308,22 @@ class Worker:
         conn = conns.conn
         found = False
         while not self._stopping.is_set():
-            await conn.execute("BEGIN")
-            cur = await conn.execute(
-                query("claim"),
-                {"batch_size": self.settings.batch_size, "slots": self.settings.concurrency},
-            )
+            async with conn.pipeline():  # one round trip
+                await conn.execute("BEGIN")
+                cur = await conn.execute(
+                    query("claim"),
+                    {"batch_size": self.settings.batch_size, "slots": self.settings.concurrency},
+                )
             rows = await cur.fetchall()
             if not rows:
                 await conn.execute("ROLLBACK")
                 return found
             found = True
+            # There may be more: one more slot looks (and, if it finds some, wakes the next).
+            await self._notify_slots(1)
             batch = await self.executor.run_batch(conns, [dict(r) for r in rows])
             if batch.released:
-                await self._notify_slots()
+                await self._notify_slots(1)
             for retry in batch.retries:
                 await conn.execute("BEGIN")
                 cur = await conn.execute(

@@ -153,10 +153,12 @@ BEGIN
     END IF;
 
     IF inst IS NOT NULL AND jsonb_typeof(inst) = 'object' THEN
+        -- completed_at is when the instance completed, not when its last transaction began
+        -- (a batch's transaction can be older than its commit by the batch window).
         UPDATE df.instances
            SET status = inst->>'status',
                updated_at = now(),
-               completed_at = CASE WHEN inst->>'status' = 'completed' THEN now() END
+               completed_at = CASE WHEN inst->>'status' = 'completed' THEN clock_timestamp() END
          WHERE id = v_instance AND status NOT IN ('completed', 'failed', 'cancelled');
         UPDATE df._instance_state
            SET output = inst->>'output',
