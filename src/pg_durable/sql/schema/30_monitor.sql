@@ -11,15 +11,17 @@ CREATE POLICY instance_state_user_isolation ON df._instance_state FOR SELECT
 
 CREATE FUNCTION df.status(instance_id text) RETURNS text
 LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT i.status FROM df.instances i WHERE i.id = instance_id
+    SELECT i.status FROM df.instances i WHERE i.id = status.instance_id
 $$;
 
+-- The parameter is qualified: in a SQL function a column of the same name (df.nodes has
+-- instance_id) would win over it.
 CREATE FUNCTION df.result(instance_id text) RETURNS text
 LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.result::text
       FROM df.instances i
       JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
-     WHERE i.id = instance_id AND n.status = 'completed'
+     WHERE i.id = result.instance_id AND n.status = 'completed'
 $$;
 
 CREATE FUNCTION df.await_instance(instance_id text, timeout_seconds int DEFAULT 30) RETURNS text
