@@ -330,9 +330,56 @@ def test_create_extension_matches_script_install(index: int) -> None:
             proc = run_cli("install", "--dsn", server.dsn("by_extension"))
             assert proc.returncode == 0, proc.stderr
             assert "already installed" in proc.stdout
+            # And the engine runs on this PostgreSQL version.
+            assert_a_workflow_runs(server.dsn("by_extension"))
     finally:
         server.stop("immediate")
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def assert_a_workflow_runs(dsn: str) -> None:
+    """A worker runs a workflow of every control-flow node type on the server at ``dsn``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET "
+            "pg_durable.enable_superuser_instances = on', current_database()); END $$"
+        )
+        conn.execute("SET pg_durable.enable_superuser_instances = on")
+        conn.execute("CREATE TABLE visits (n int)")
+        row = conn.execute(
+            "SELECT df.start("
+            "('SELECT 1 AS a' & 'SELECT 2 AS b') |=> 'both'"
+            " ~> ('SELECT true' ?> 'INSERT INTO visits VALUES (1)' !> 'SELECT 0')"
+            " ~> df.sleep(0)"
+            " ~> (@> ('INSERT INTO visits VALUES (2) RETURNING n' |=> 'v'"
+            "         ~> df.break('$v')))"
+            " ~> ('SELECT 3 AS c' | 'SELECT pg_sleep(5)'))"
+        ).fetchone()
+        assert row is not None
+        worker = subprocess.Popen(
+            [*cli(), "worker", "--dsn", dsn, "--poll-interval", "0.2"],
+            env=cli_env(PG_DURABLE_LOG_LEVEL="WARNING"),
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            status = None
+            while time.monotonic() < deadline:
+                got = conn.execute("SELECT df.status(%s)", (row[0],)).fetchone()
+                status = None if got is None else got[0]
+                if status in ("completed", "failed"):
+                    break
+                time.sleep(0.1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+        assert status == "completed", conn.execute(
+            "SELECT output FROM df.instance_info(%s)", (row[0],)
+        ).fetchone()
+        assert conn.execute("SELECT array_agg(n ORDER BY n) FROM visits").fetchone() == ([1, 2],)
+        assert conn.execute("SELECT df.result(%s)", (row[0],)).fetchone() == (
+            '{"rows": [{"c": 3}], "row_count": 1}',
+        )
 
 
 def test_machine_offers_two_installations_here() -> None:
