@@ -218,3 +218,17 @@ def test_steps_in_another_database_are_refused_with_a_clear_reason(
         f'Instance {iid}: its steps run in database "postgres", and this version of the '
         "pg_durable worker runs steps only in the database it serves"
     )
+
+
+def test_the_roles_statement_timeout_fails_the_step_that_overruns_it(
+    alice: Submitter, worker: WorkerThread, conn: Conn
+) -> None:
+    conn.execute(f"ALTER ROLE {alice.name} SET statement_timeout = '200ms'")
+    iid, status = run_workflow(alice.conn, "'SELECT 1' ~> 'SELECT pg_sleep(3)' ~> 'SELECT 3'")
+    assert status == "failed"
+    assert output_of(conn, iid) == (
+        "SQL execution failed: error returned from database: "
+        "canceling statement due to statement timeout"
+    )
+    iid, status = run_workflow(alice.conn, "'SELECT 1'")
+    assert status == "completed"

@@ -40,7 +40,6 @@ from pg_durable.engine.sqlstep import (
     RunAlone,
     SqlSteps,
     Statement,
-    StatementAborted,
 )
 from pg_durable.errors import GraphError, SubstitutionError
 from pg_durable.graph.interpreter import (
@@ -69,7 +68,7 @@ _MAX_INLINE: Final = 64
 _GRAPH_CACHE_SIZE: Final = 2048
 #: Seconds a fiber stays leased to the worker running its autocommit statement.
 AUTOCOMMIT_LEASE: Final = 3600
-#: Times a fiber alone is rolled back and run again before that counts as an internal error.
+#: Times a fiber's statement runs again (alone) before that counts as an internal error.
 _MAX_RERUNS: Final = 5
 
 
@@ -111,16 +110,6 @@ class Batch:
 
 class InstanceUnrunnable(Exception):
     """The instance cannot run at all (bad graph, dropped role, refused superuser)."""
-
-
-class _Aborted(Exception):
-    """The lone fiber's statement aborted the transaction; record ``outcome`` for
-    ``node_id`` in the next one."""
-
-    def __init__(self, node_id: str, outcome: Outcome) -> None:
-        super().__init__(node_id)
-        self.node_id = node_id
-        self.outcome = outcome
 
 
 class _NeedsAutocommit(Exception):
@@ -170,17 +159,14 @@ class Executor:
             return Batch([], len(rows))
         except psycopg.OperationalError:
             raise
-        except _Aborted as aborted:  # (one fiber only)
-            await self._rollback(conns)
-            attempt = Attempt({aborted.node_id: aborted.outcome})
-            return Batch([Retry.of(rows[0], attempt)], 0)
         except _NeedsAutocommit:  # (one fiber only) run_single knows how
             await self._rollback(conns)
             return Batch([Retry.of(rows[0])], 0)
         except Exception:
             if not batched:
                 raise
-            # Find the fiber at fault by running each alone; the others lose nothing.
+            # A statement aborted the transaction, or something went wrong with one fiber:
+            # run each alone, where the one at fault is found; the others lose nothing.
             await self._rollback(conns)
             logger.debug("batch of %d rolled back; running its fibers alone", len(rows))
             return Batch([Retry.of(row) for row in rows], 0)
@@ -188,48 +174,40 @@ class Executor:
 
     async def run_single(self, conns: Connections, row: Row, attempt: Attempt) -> None:
         """Advance one fiber in the transaction open on ``conns.conn`` and commit; a statement
-        that needs autocommit or that aborted the transaction is dealt with here."""
+        that must run outside a transaction block is dealt with here."""
         conn = conns.conn
-        for _ in range(_MAX_RERUNS):
-            version = int(row["version"])
-            try:
-                plans, again, _ = await self._advance(conns, [row], [attempt])
-                if not again:
-                    await self._commit(conn, plans)
-                    return
-                await self._rollback(conns)  # described again, or its step function made again
-            except (Cancelled, psycopg.errors.QueryCanceled):
-                await self._rollback(conns)
-                return
-            except _Aborted as aborted:
-                await self._rollback(conns)
-                attempt.outcomes[aborted.node_id] = aborted.outcome
-            except _NeedsAutocommit as needs:
-                # Lease the fiber (and commit), run the statement outside any transaction,
-                # then record its outcome under the lease.
-                cur = await conn.execute(
-                    query("lease_fiber"),
-                    {"scope": row["scope"], "version": version, "seconds": AUTOCOMMIT_LEASE},
-                )
-                leased = await cur.fetchone()
-                await conn.execute("COMMIT")
-                if leased is None:
-                    return
-                version = int(leased["version"])
-                attempt.outcomes[needs.node_id] = await self.sql.run_autocommit(
-                    conns, needs.role, needs.text
-                )
-            # Claim the fiber again; if another worker got it meanwhile, it runs the step.
-            await conn.execute("BEGIN")
+        try:
+            plans, _, _ = await self._advance(conns, [row], [attempt])
+            await self._commit(conn, plans)
+            return
+        except (Cancelled, psycopg.errors.QueryCanceled):
+            await self._rollback(conns)
+            return
+        except _NeedsAutocommit as needs:
+            # Lease the fiber (and commit), run the statement outside any transaction, then
+            # record its outcome under the lease.
             cur = await conn.execute(
-                query("claim_scope"), {"scope": row["scope"], "version": version}
+                query("lease_fiber"),
+                {"scope": row["scope"], "version": row["version"], "seconds": AUTOCOMMIT_LEASE},
             )
-            again_row = await cur.fetchone()
-            if again_row is None:
-                await conn.execute("ROLLBACK")
+            leased = await cur.fetchone()
+            await conn.execute("COMMIT")
+            if leased is None:
                 return
-            row = dict(again_row)
-        raise RuntimeError(f"fiber {row['scope']} was run again {_MAX_RERUNS} times in vain")
+            attempt.outcomes[needs.node_id] = await self.sql.run_autocommit(
+                conns, needs.role, needs.text
+            )
+        # Claim the fiber again, as leased; if the lease ran out and another worker took it,
+        # that worker runs the statement again (at least once).
+        await conn.execute("BEGIN")
+        cur = await conn.execute(
+            query("claim_scope"), {"scope": row["scope"], "version": int(leased["version"])}
+        )
+        again = await cur.fetchone()
+        if again is None:
+            await conn.execute("ROLLBACK")
+            return
+        await self.run_single(conns, dict(again), attempt)
 
     async def _rollback(self, conns: Connections) -> None:
         """Roll the transaction back. After a cancel the fibers stay claimable; whatever is
@@ -283,36 +261,64 @@ class Executor:
                 runs.append(run)
         released = 0
         waiting = [run for run in runs if run.statement is not None]
-        if waiting:
-            statements = [run.statement for run in waiting if run.statement is not None]
-            try:
-                results = await self.sql.run(conns, statements, self.batch_window)
-            except StatementAborted as aborted:
-                if batched:
-                    raise
-                raise _Aborted(str(waiting[0].statement_node), aborted.outcome) from aborted
-            for run, statement, result in zip(waiting, statements, results, strict=True):
-                run.statement = None
-                if result is None:
-                    released += 1
-                    runs.remove(run)
-                    continue
-                try:
-                    outcome = self.sql.outcome(statement, result, batched=batched)
-                except RunAlone:
-                    alone.append(run.row)
-                    runs.remove(run)
-                    continue
-                except NeedsAutocommit:
-                    if batched:
-                        alone.append(run.row)
-                        runs.remove(run)
-                        continue
-                    node_id = str(run.statement_node)
-                    raise _NeedsAutocommit(node_id, statement.role, statement.text) from None
-                run.interp.complete_step(outcome)
-                await self._carry_on(conns, run, batched=batched)
+        if batched and waiting:
+            released = await self._run_batched(conns, runs, waiting, alone)
+        elif waiting:
+            await self._run_alone(conns, waiting[0])
         return [_plan_json(run.fiber, run.plan) for run in runs], alone, released
+
+    async def _run_batched(
+        self, conns: Connections, runs: list[_Run], waiting: list[_Run], alone: list[Row]
+    ) -> int:
+        """Phases 2 and 3 for a batch: run its statements, hand their outcomes back. Fibers
+        that cannot be recorded here move from ``runs`` to ``alone``; returns how many were
+        released unrun (the window had passed)."""
+        statements = [run.statement for run in waiting if run.statement is not None]
+        results = await self.sql.run(conns, statements, self.batch_window)
+        released = 0
+        for run, statement, result in zip(waiting, statements, results, strict=True):
+            run.statement = None
+            runs.remove(run)
+            if result is None:
+                released += 1
+                continue
+            try:
+                outcome = self.sql.outcome(statement, result, batched=True)
+            except (RunAlone, NeedsAutocommit):
+                alone.append(run.row)
+                continue
+            runs.append(run)
+            run.interp.complete_step(outcome)
+            await self._carry_on(conns, run, batched=True)
+        return released
+
+    async def _run_alone(self, conns: Connections, run: _Run) -> None:
+        """Phases 2 and 3 for a fiber in a transaction of its own. Its statement runs after a
+        savepoint: if it must run again (described anew, or its step function made again),
+        its effects are undone and it runs again without the fiber ever being released."""
+        for _ in range(_MAX_RERUNS):
+            statement = run.statement
+            assert statement is not None
+            (result,) = await self.sql.run(conns, [statement], self.batch_window, alone=True)
+            assert result is not None  # the window only holds back statements after the first
+            run.statement = None
+            try:
+                outcome = self.sql.outcome(statement, result, batched=False)
+            except RunAlone:
+                await conns.conn.execute("ROLLBACK TO SAVEPOINT step")
+                run.statement_node = None
+                await self._step(conns, run, batched=False)
+                if run.statement is None:
+                    break  # decided without running it (it no longer prepares)
+                continue
+            except NeedsAutocommit:
+                node_id = str(run.statement_node)
+                raise _NeedsAutocommit(node_id, statement.role, statement.text) from None
+            run.interp.complete_step(outcome)
+            break
+        else:
+            raise RuntimeError(f"the step of fiber {run.fiber.scope} had to run again too often")
+        await self._carry_on(conns, run, batched=False)
 
     async def _start(
         self, conns: Connections, row: Row, attempt: Attempt, *, batched: bool
@@ -401,8 +407,10 @@ class Executor:
             return
         if node.id in loaded.graph.conditions:
             text = as_condition_query(text)
-        if batched and self.sql.is_slow(text):
-            raise RunAlone  # a slow statement does not hold up a batch's quick ones
+        if batched and (self.sql.is_slow(text) or loaded.role.statement_timeout is not None):
+            # A slow statement does not hold up a batch's quick ones; a statement timeout
+            # counts from the start of a top-level statement.
+            raise RunAlone
         prepared = await self.sql.prepare(
             conns,
             loaded.role,

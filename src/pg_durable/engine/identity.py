@@ -78,6 +78,17 @@ class Role:
     settings: tuple[str, ...] = ()
 
     @property
+    def statement_timeout(self) -> str | None:
+        """The role's statement_timeout, if it has one. PostgreSQL arms it when a top-level
+        statement starts, so a step of such a role runs as a statement of its own."""
+        found = None
+        for item in self.settings:
+            name, _, value = item.partition("=")
+            if name.lower() == "statement_timeout":
+                found = value
+        return found
+
+    @property
     def function(self) -> str:
         # df._step derives the same name from the oid.
         return f"step_{self.oid}"

@@ -11,8 +11,9 @@ the executor to deal with:
   a transaction block; they run again outside one (at least once).
 * :class:`RunAlone` — a deadlock or serialization failure between steps of one batch, or a
   statement that must be described again: the step runs again in a transaction of its own.
-* :class:`StatementAborted` — a statement took the transaction down with it (a statement
-  timeout); everything is rolled back and the outcome recorded in a new transaction.
+* :class:`StatementAborted` — a statement of a batch took the transaction down with it (a
+  statement timeout); everything is rolled back and each step runs again alone, where such a
+  statement is rolled back to a savepoint and its error recorded.
 * :class:`Cancelled` — the worker cancelled the statements (a lost RACE, a cancelled instance,
   shutdown); everything is rolled back and nothing is recorded.
 """
@@ -29,7 +30,14 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import DictRow
 
-from pg_durable.engine.identity import MISSING_FUNCTION, Role, RoleGone, StepRows, StepRunner
+from pg_durable.engine.identity import (
+    MISSING_FUNCTION,
+    Role,
+    RoleGone,
+    StepFailure,
+    StepRows,
+    StepRunner,
+)
 from pg_durable.errors import StepError
 from pg_durable.graph.interpreter import Failed, Ok, Outcome
 from pg_durable.graph.sqlresult import SUPPORTED_TYPE_OIDS, Column, build_result, check_columns
@@ -55,11 +63,7 @@ class RunAlone(Exception):
 
 
 class StatementAborted(Exception):
-    """A statement aborted the transaction; ``outcome`` is what to record after rollback."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
+    """A statement of a batch aborted the transaction: roll back, run each step alone."""
 
 
 class Cancelled(Exception):
@@ -141,21 +145,41 @@ class SqlSteps:
         return Statement(role, text, columns, instance_id, scope)
 
     async def run(
-        self, conns: Connections, statements: Sequence[Statement], window: float
+        self,
+        conns: Connections,
+        statements: Sequence[Statement],
+        window: float,
+        *,
+        alone: bool = False,
     ) -> list[StepRows | None]:
         """Run ``statements`` in the open transaction, in one round trip. None for those not
-        started because ``window`` seconds had passed before their turn."""
+        started because ``window`` seconds had passed before their turn.
+
+        ``alone``: one statement, after ``SAVEPOINT step`` — a statement that aborts the
+        transaction (a statement timeout) is rolled back to it and reported as its error, and
+        the caller may roll back to it to run the statement again.
+        """
+        conn = conns.conn
         conns.running = [(s.instance_id, s.scope) for s in statements]
+        steps = [(s.role, s.text, bool(s.columns)) for s in statements]
         try:
-            return await self.runner.run_steps(
-                conns.conn, [(s.role, s.text, bool(s.columns)) for s in statements], window
-            )
+            if not alone:
+                return await self.runner.run_steps(conn, steps, window)
+            await conn.execute("SAVEPOINT step")
+            timeout = statements[0].role.statement_timeout
+            if timeout is not None:
+                await conn.execute(query("local_statement_timeout"), {"value": timeout})
+            return await self.runner.run_steps(conn, steps, window)
         except pgerrors.QueryCanceled as exc:
             if conns.cancel_pending:
                 conns.cancel_pending = False
                 raise Cancelled from exc
-            # A statement timeout (the role's own setting): the statement that ran last failed.
-            raise StatementAborted(_sql_failure(exc.diag.message_primary or str(exc))) from exc
+            if not alone:
+                raise StatementAborted from exc
+            # A statement timeout (the role's own setting): the statement's failure.
+            await conn.execute("ROLLBACK TO SAVEPOINT step")
+            message = exc.diag.message_primary or str(exc)
+            return [StepRows([], StepFailure(str(exc.sqlstate), message), 0.0)]
         finally:
             conns.running = []
 

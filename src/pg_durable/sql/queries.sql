@@ -102,6 +102,10 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
 -- name: run_steps
 SELECT step, kind, data FROM df._run_steps(%s, %s)
 
+-- name: local_statement_timeout
+-- The submitting role's statement_timeout, for the statement that runs its step alone.
+SELECT pg_catalog.set_config('statement_timeout', %(value)s, true)
+
 -- name: role_settings
 -- On the autocommit side connection: for the session, until RESET ALL.
 SELECT df._role_settings(%(settings)s, false)
