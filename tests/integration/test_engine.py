@@ -279,3 +279,22 @@ def test_many_instances_with_several_workers_run_each_step_once(
     for iid in ids:
         assert wait_for(conn, iid, 60) == "completed"
     assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (240,)
+
+
+def test_an_instance_and_its_first_step_read_running_while_that_step_runs(
+    conn: Conn, worker: WorkerThread
+) -> None:
+    row = conn.execute("SELECT df.start('SELECT pg_sleep(1.5)' ~> 'SELECT 2')").fetchone()
+    assert row is not None
+    iid = str(row[0])
+    deadline = time.monotonic() + 10
+    while conn.execute("SELECT df.status(%s)", (iid,)).fetchone() != ("running",):
+        assert time.monotonic() < deadline, "the instance never read running"
+        time.sleep(0.02)
+    nodes = conn.execute(
+        "SELECT node_type, query, inferred_status FROM df.instance_nodes(%s) ORDER BY node_type",
+        (iid,),
+    ).fetchall()
+    assert ("SQL", "SELECT pg_sleep(1.5)", "running") in nodes
+    assert ("SQL", "SELECT 2", "pending") in nodes
+    assert wait_for(conn, iid) == "completed"

@@ -349,6 +349,10 @@ class Executor:
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
             run.interp.start()
+            if fiber.parent_scope is None:
+                # The instance reads `running`, and its first step too, from this commit on —
+                # not only once that step is done: its statement runs in the next transaction.
+                return run
         elif "iterate" in fiber.state:
             run.interp.iterate()
         elif node.type in ("JOIN", "RACE") or (node.type == "LOOP" and node.id != fiber.root_node):
