@@ -220,6 +220,16 @@ def test_var_helpers_cannot_be_workflow_steps(conn: Conn, expr: str, helper: str
     assert json.loads(one(conn, "SELECT 'SELECT 1' ~> 'SELECT 2'"))["node_type"] == "THEN"
 
 
+def test_a_function_may_set_variables_and_then_start_a_workflow(conn: Conn) -> None:
+    """One statement (a DO block) may call df.setvar and then df.start: only the helper's own
+    return value is refused as a step."""
+    conn.execute(
+        "DO $$ BEGIN PERFORM df.setvar('table_name', 'orders'); "
+        "PERFORM df.start('SELECT 1' ~> 'SELECT 2', 'from a DO block'); END $$"
+    )
+    assert one(conn, "SELECT count(*) FROM df.instances WHERE label = 'from a DO block'") == 1
+
+
 def test_vars_are_snapshotted_at_start(conn: Conn, roles: Roles) -> None:
     u = roles.connect(roles.create("snap", grant=True))
     u.execute("SELECT df.setvar('table_name', 'orders')")

@@ -23,11 +23,14 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Helpers that are not workflow steps (df.setvar, df.unsetvar, df.clearvars,
--- df.await_instance) mark the statement they run in, so that composing their return value
--- ('OK', a status) into a workflow fails loudly instead of becoming a SQL step 'OK'.
-CREATE FUNCTION df._mark_non_future_helper(helper text) RETURNS void
+-- df.await_instance) mark the statement they run in with the value they return, so that
+-- composing that value ('OK', a status) into a workflow in the same statement fails loudly
+-- instead of becoming a SQL step 'OK'. Only that value: a DO block or function that calls
+-- df.setvar and then df.start('SELECT …') runs as one statement, and is fine.
+CREATE FUNCTION df._mark_non_future_helper(helper text, result text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT set_config('df.non_future_helper', helper || '|' || statement_timestamp()::text, false);
+    SELECT set_config('df.non_future_helper',
+                      helper || '|' || result || '|' || statement_timestamp()::text, false);
 $$;
 
 -- serde's description of an unexpected JSON value, for deserialisation errors.
@@ -160,7 +163,8 @@ BEGIN
     IF j IS NULL OR jsonb_typeof(j) <> 'object' THEN
         marker := current_setting('df.non_future_helper', true);
         IF marker IS NOT NULL AND marker <> ''
-           AND split_part(marker, '|', 2) = statement_timestamp()::text THEN
+           AND split_part(marker, '|', 3) = statement_timestamp()::text
+           AND split_part(marker, '|', 2) = fut THEN
             RAISE EXCEPTION '% cannot be used as a workflow step. Call % before df.start().',
                 split_part(marker, '|', 1), split_part(marker, '|', 1);
         END IF;

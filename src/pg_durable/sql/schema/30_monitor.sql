@@ -36,7 +36,6 @@ BEGIN
     IF timeout_seconds <= 0 THEN
         RAISE EXCEPTION 'Timeout must be positive';
     END IF;
-    PERFORM df._mark_non_future_helper('df.await_instance()');
     deadline := clock_timestamp() + make_interval(secs => timeout_seconds);
     LOOP
         -- A new snapshot per statement (READ COMMITTED): the worker's commits become visible.
@@ -45,6 +44,7 @@ BEGIN
             RAISE EXCEPTION 'Instance not found: %', instance_id;
         END IF;
         IF s IN ('completed', 'failed', 'cancelled') THEN
+            PERFORM df._mark_non_future_helper('df.await_instance()', s);
             RETURN s;
         END IF;
         IF clock_timestamp() >= deadline THEN

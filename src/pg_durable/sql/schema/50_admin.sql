@@ -21,7 +21,7 @@ BEGIN
     IF current_setting('df.in_workflow', true) = 'true' THEN
         RAISE EXCEPTION 'df.setvar() cannot be called inside a workflow - set variables before starting the workflow';
     END IF;
-    PERFORM df._mark_non_future_helper('df.setvar()');
+    PERFORM df._mark_non_future_helper('df.setvar()', 'OK');
     INSERT INTO df.vars AS v (name, value, owner)
     VALUES (setvar.name, setvar.value, quote_ident(current_user)::regrole)
     ON CONFLICT ON CONSTRAINT vars_pkey DO UPDATE SET value = excluded.value;
@@ -44,7 +44,7 @@ BEGIN
     IF current_setting('df.in_workflow', true) = 'true' THEN
         RAISE EXCEPTION 'df.unsetvar() cannot be called inside a workflow - unset variables before starting the workflow';
     END IF;
-    PERFORM df._mark_non_future_helper('df.unsetvar()');
+    PERFORM df._mark_non_future_helper('df.unsetvar()', 'OK');
     DELETE FROM df.vars v
      WHERE v.owner OPERATOR(pg_catalog.=) quote_ident(current_user)::regrole
        AND v.name = unsetvar.name;
@@ -59,7 +59,7 @@ BEGIN
     IF current_setting('df.in_workflow', true) = 'true' THEN
         RAISE EXCEPTION 'df.clearvars() cannot be called inside a workflow - clear variables before starting the workflow';
     END IF;
-    PERFORM df._mark_non_future_helper('df.clearvars()');
+    PERFORM df._mark_non_future_helper('df.clearvars()', 'OK');
     DELETE FROM df.vars v
      WHERE v.owner OPERATOR(pg_catalog.=) quote_ident(current_user)::regrole;
     RETURN 'OK';
