@@ -704,7 +704,7 @@ def test_live_running_then_cancelled(conn: Conn, worker: WorkerThread) -> None:
     while time.monotonic() < deadline:
         stamped = conn.execute(
             "SELECT count(*) FROM df.nodes WHERE instance_id = %s AND status = 'running' "
-            "AND node_type = 'SQL'",
+            "AND query = 'SELECT pg_sleep(30)'",
             (iid,),
         ).fetchone()
         if stamped == (1,):
