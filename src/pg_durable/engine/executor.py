@@ -102,10 +102,12 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """What a batch left to do: fibers to run alone, and how many it released unrun."""
+    """What a batch left to do: fibers to run alone, how many it released unrun, and the
+    fibers claimed again to go on with (in a transaction left open)."""
 
     retries: list[Retry]
     released: int
+    continued: list[Row] = field(default_factory=list)
 
 
 class InstanceUnrunnable(Exception):
@@ -147,13 +149,19 @@ class Executor:
         self._instances: OrderedDict[str, LoadedInstance] = OrderedDict()
 
     # -- transactions ---------------------------------------------------------------------------
-    async def run_batch(self, conns: Connections, rows: list[Row]) -> Batch:
+    async def run_batch(self, conns: Connections, rows: list[Row], *, go_on: bool) -> Batch:
         """Advance the fibers claimed in ``rows`` (their transaction is open on ``conns.conn``)
-        and commit."""
+        and commit. With ``go_on``, the fibers this left runnable at once are claimed again
+        in the same round trip as the COMMIT: :attr:`Batch.continued` (a transaction is then
+        open for them)."""
         batched = len(rows) > 1
+        continued: list[Row] = []
         try:
-            plans, alone, released = await self._advance(conns, rows, [Attempt() for _ in rows])
-            await self._commit(conns.conn, plans)
+            runs, alone, released = await self._advance(conns, rows, [Attempt() for _ in rows])
+            scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
+            continued = await self._commit(
+                conns.conn, [_plan_json(r.fiber, r.plan) for r in runs], scopes
+            )
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
             return Batch([], len(rows))
@@ -170,15 +178,15 @@ class Executor:
             await self._rollback(conns)
             logger.debug("batch of %d rolled back; running its fibers alone", len(rows))
             return Batch([Retry.of(row) for row in rows], 0)
-        return Batch([Retry.of(row) for row in alone], released)
+        return Batch([Retry.of(row) for row in alone], released, continued)
 
     async def run_single(self, conns: Connections, row: Row, attempt: Attempt) -> None:
         """Advance one fiber in the transaction open on ``conns.conn`` and commit; a statement
         that must run outside a transaction block is dealt with here."""
         conn = conns.conn
         try:
-            plans, _, _ = await self._advance(conns, [row], [attempt])
-            await self._commit(conn, plans)
+            runs, _, _ = await self._advance(conns, [row], [attempt])
+            await self._commit(conn, [_plan_json(r.fiber, r.plan) for r in runs], [])
             return
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
@@ -215,19 +223,33 @@ class Executor:
         conns.cancel_pending = False
         await conns.conn.execute("ROLLBACK")
 
-    async def _commit(self, conn: AnyConn, plans: list[dict[str, Any]]) -> None:
-        if not plans:
+    async def _commit(
+        self, conn: AnyConn, plans: list[dict[str, Any]], go_on: list[str]
+    ) -> list[Row]:
+        """Write ``plans`` and commit; then, in the same round trip, begin a transaction and
+        claim the fibers ``go_on`` names, if any are runnable (else that transaction ends)."""
+        claimed: list[Row] = []
+        if plans or go_on:
+            async with conn.pipeline():
+                stale = None
+                if plans:
+                    stale = await conn.execute(query("commit_steps"), {"plans": Jsonb(plans)})
+                await conn.execute("COMMIT")
+                if go_on:
+                    await conn.execute("BEGIN")
+                    again = await conn.execute(query("claim_continued"), {"scopes": go_on})
+            if go_on:
+                claimed = [dict(r) for r in await again.fetchall()]
+                if not claimed:
+                    await conn.execute("ROLLBACK")
+            for row in await stale.fetchall() if stale is not None else ():
+                logger.debug(
+                    "discarded the plan of stale fiber %s",
+                    row["scope"],
+                    extra={"action": "stale_step"},
+                )
+        else:
             await conn.execute("COMMIT")
-            return
-        async with conn.pipeline():  # one round trip
-            cur = await conn.execute(query("commit_steps"), {"plans": Jsonb(plans)})
-            await conn.execute("COMMIT")
-        for stale in await cur.fetchall():
-            logger.debug(
-                "discarded the plan of stale fiber %s",
-                stale["scope"],
-                extra={"action": "stale_step"},
-            )
         for plan in plans:
             outcome = plan["instance"]
             if outcome is not None:
@@ -241,13 +263,14 @@ class Executor:
                         "instance_id": plan["instance_id"],
                     },
                 )
+        return claimed
 
     # -- the three phases -----------------------------------------------------------------------
     async def _advance(
         self, conns: Connections, rows: list[Row], attempts: list[Attempt]
-    ) -> tuple[list[dict[str, Any]], list[Row], int]:
-        """Advance the claimed fibers; returns their plans, the rows to run alone, and how
-        many were released without running (the window had passed)."""
+    ) -> tuple[list[_Run], list[Row], int]:
+        """Advance the claimed fibers; returns those to commit, the rows to run alone, and
+        how many were released without running (the window had passed)."""
         batched = len(rows) > 1
         runs: list[_Run] = []
         alone: list[Row] = []
@@ -265,7 +288,7 @@ class Executor:
             released = await self._run_batched(conns, runs, waiting, alone)
         elif waiting:
             await self._run_alone(conns, waiting[0])
-        return [_plan_json(run.fiber, run.plan) for run in runs], alone, released
+        return runs, alone, released
 
     async def _run_batched(
         self, conns: Connections, runs: list[_Run], waiting: list[_Run], alone: list[Row]
@@ -349,7 +372,7 @@ class Executor:
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
             run.interp.start()
-            if fiber.parent_scope is None:
+            if fiber.parent_scope is None and not __import__("os").environ.get("NOSPLIT"):
                 # The instance reads `running`, and its first step too, from this commit on —
                 # not only once that step is done: its statement runs in the next transaction.
                 return run
@@ -469,8 +492,7 @@ class Executor:
                 f'"{row["rolname"]}" is a superuser, but '
                 "pg_durable.enable_superuser_instances is off"
             )
-        cur = await conn.execute(query("load_nodes"), {"instance_id": instance_id})
-        rows = [NodeRow(**r) for r in await cur.fetchall()]
+        rows = [NodeRow(*n) for n in row["nodes"] or ()]
         try:
             graph = Graph.from_rows(instance_id, str(row["root_node"]), rows)
         except GraphError as exc:
@@ -493,6 +515,11 @@ class Executor:
 
     def forget_instance(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)
+
+
+def _due_now(fiber: Fiber) -> bool:
+    """Whether the fiber is runnable again the moment its plan commits."""
+    return fiber.status == "ready" and fiber.delay == 0 and fiber.not_before is None
 
 
 def _fiber_from_row(row: Row) -> Fiber:

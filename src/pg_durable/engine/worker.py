@@ -319,9 +319,16 @@ class Worker:
                 await conn.execute("ROLLBACK")
                 return found
             found = True
-            # There may be more: one more slot looks (and, if it finds some, wakes the next).
-            await self._notify_slots(1)
-            batch = await self.executor.run_batch(conns, [dict(r) for r in rows])
+            if rows[0]["backlog"] > len(rows):
+                # There is more: one more slot looks (and, if it finds some, the next).
+                await self._notify_slots(1)
+            batch = await self.executor.run_batch(conns, [dict(r) for r in rows], go_on=True)
+            # Carry on with the fibers the batch left runnable, while nothing else needs doing.
+            while batch.continued:
+                if self._stopping.is_set() or batch.retries or batch.released:
+                    await conn.execute("ROLLBACK")  # release them
+                    break
+                batch = await self.executor.run_batch(conns, batch.continued, go_on=True)
             if batch.released:
                 await self._notify_slots(1)
             for retry in batch.retries:

@@ -5,27 +5,45 @@
 -- How many: the backlog's share of this worker's slots, between 1 and the batch size — so
 -- that a few runnable fibers (the branches of a JOIN) go to several slots and really run at
 -- once, while a long queue is worked off in batches. Counting stops where the answer would.
+-- backlog tells the worker whether there is more than it took (then another slot looks).
+WITH share AS (
+    SELECT greatest(1, least(%(batch_size)s, count(*) / %(slots)s)) AS n, count(*) AS backlog
+      FROM (SELECT 1 FROM df._fibers
+             WHERE status = 'ready' AND run_at <= now()
+             LIMIT %(batch_size)s * %(slots)s) backlog
+)
 SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
        f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
-       i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now
+       i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now,
+       (SELECT backlog FROM share) AS backlog
   FROM df._fibers f
   JOIN df.instances i ON i.id = f.instance_id
  WHERE f.status = 'ready' AND f.run_at <= now()
  ORDER BY f.run_at
- LIMIT (SELECT greatest(1, least(%(batch_size)s, count(*) / %(slots)s))
-          FROM (SELECT 1 FROM df._fibers
-                 WHERE status = 'ready' AND run_at <= now()
-                 LIMIT %(batch_size)s * %(slots)s) backlog)
+ LIMIT (SELECT n FROM share)
    FOR UPDATE OF f SKIP LOCKED
 
 -- name: claim_scope
--- Continue with a fiber this worker just advanced (or leased), if nobody took it meanwhile.
+-- Claim a fiber again (to run it alone, or after its autocommit statement), if nobody took
+-- it meanwhile.
 SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
        f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
        i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now
   FROM df._fibers f
   JOIN df.instances i ON i.id = f.instance_id
  WHERE f.scope = %(scope)s AND f.version = %(version)s AND f.status = 'ready'
+   FOR UPDATE OF f SKIP LOCKED
+
+-- name: claim_continued
+-- The fibers the last commit left runnable at once, claimed again in the same round trip
+-- (pipelined after that COMMIT) so that their next steps follow without a new search.
+SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
+       f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
+       i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now
+  FROM df._fibers f
+  JOIN df.instances i ON i.id = f.instance_id
+ WHERE f.scope = ANY (%(scopes)s) AND f.status = 'ready' AND f.run_at <= now()
+ ORDER BY f.run_at
    FOR UPDATE OF f SKIP LOCKED
 
 -- name: lease_fiber
@@ -49,16 +67,14 @@ SELECT i.root_node, i.label, i.database, i.database = current_database() AS same
               WHERE d.setrole = i.submitted_by::oid
                 AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
                                            WHERE datname = current_database()))
-              ORDER BY d.setdatabase, c.n) AS role_settings
+              ORDER BY d.setdatabase, c.n) AS role_settings,
+       (SELECT json_agg(json_build_array(n.id, n.node_type, n.query, n.result_name,
+                                         n.left_node, n.right_node))
+          FROM df.nodes n WHERE n.instance_id = i.id) AS nodes
   FROM df.instances i
   LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
   LEFT JOIN df._instance_state s ON s.instance_id = i.id
  WHERE i.id = %(instance_id)s
-
--- name: load_nodes
-SELECT id, node_type, query, result_name, left_node, right_node
-  FROM df.nodes
- WHERE instance_id = %(instance_id)s
 
 -- name: children
 SELECT scope, branch, root_node, outcome, results
@@ -95,9 +111,11 @@ DELETE FROM df._fibers
            FOR UPDATE OF f SKIP LOCKED)
 
 -- name: next_run_at
+-- Seconds until the next timer. Only future ones: a fiber due now that the claim did not get
+-- is held by another slot, which carries it on or wakes this one when it lets it go.
 SELECT extract(epoch FROM min(run_at) - now())::float8
   FROM df._fibers
- WHERE status = 'ready'
+ WHERE status = 'ready' AND run_at > now()
 
 -- name: run_steps
 SELECT step, kind, data FROM df._run_steps(%s, %s)
