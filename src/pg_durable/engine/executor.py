@@ -372,7 +372,7 @@ class Executor:
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
             run.interp.start()
-            if fiber.parent_scope is None and not __import__("os").environ.get("NOSPLIT"):
+            if fiber.parent_scope is None:
                 # The instance reads `running`, and its first step too, from this commit on —
                 # not only once that step is done: its statement runs in the next transaction.
                 return run
