@@ -29,7 +29,9 @@ STEP_TYPES: Final = frozenset({"SQL", "SLEEP", "WAIT_SCHEDULE", "HTTP", "HTTP_MU
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """A node finished; ``result`` is its result text (JSON, original key order)."""
+    """A node finished; ``result`` is its result text: JSON, in its original key order. Every
+    producer makes JSON (SQL results, sleep and break values, JOIN arrays), so it is stored
+    and composed as it is, without parsing it again."""
 
     result: str
 
@@ -148,15 +150,6 @@ class Context:
     now: float
     max_iterations: int = 100_000
     min_iteration_seconds: float = 1.0
-
-
-def json_text(result: str) -> str:
-    """``result`` if it is JSON text, else the JSON string holding it."""
-    try:
-        json.loads(result)
-    except ValueError:
-        return json.dumps(result, ensure_ascii=False)
-    return result
 
 
 class Interpreter:
@@ -341,7 +334,7 @@ class Interpreter:
         node = self.graph.node(node_id)
         if stamp:
             if isinstance(outcome, Ok):
-                self._stamp(node_id, "completed", json_text(outcome.result))
+                self._stamp(node_id, "completed", outcome.result)
             elif isinstance(outcome, Broke):
                 self._stamp(node_id, "completed", outcome.value)
             else:
@@ -432,7 +425,7 @@ class Interpreter:
                 if isinstance(child.outcome, Broke):
                     self._finish(node_id, child.outcome)
                     return
-            parts = [json_text(c.outcome.result) for c in children if isinstance(c.outcome, Ok)]
+            parts = [c.outcome.result for c in children if isinstance(c.outcome, Ok)]
             self._finish(node_id, Ok("[" + ",".join(parts) + "]"))
             return
         # RACE: the first child to finish wins, whatever its outcome.
