@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from pg_durable import schema
 from tests.fixtures.engine import WorkerThread, run_workflow, wait_for
-from tests.fixtures.postgres import role_dsn
+from tests.fixtures.postgres import Server, role_dsn
 from tests.integration.test_engine import output_of, result_of
 
 Conn = psycopg.Connection[Any]
@@ -232,3 +233,53 @@ def test_the_roles_statement_timeout_fails_the_step_that_overruns_it(
     )
     iid, status = run_workflow(alice.conn, "'SELECT 1'")
     assert status == "completed"
+
+
+def test_a_worker_that_is_not_a_superuser_serves_the_roles_it_is_a_member_of(
+    pg_server: Server, db_name: str
+) -> None:
+    """Managed PostgreSQL: the schema is installed, and the worker connects, as a plain role
+    that owns the database; it needs membership in each submitting role, nothing more."""
+    owner, user = f"owner_{db_name}", f"user_{db_name}"
+    database = f"{db_name}_managed"
+    owner_pw, user_pw = secrets.token_hex(8), secrets.token_hex(8)
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{owner_pw}'")
+        admin.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{user_pw}'")
+        admin.execute(f"GRANT {user} TO {owner}")
+        admin.execute(f'CREATE DATABASE "{database}" OWNER {owner}')
+    owner_dsn = role_dsn(pg_server.dsn(database), owner, owner_pw)
+    try:
+        schema.install(owner_dsn)
+        with psycopg.connect(owner_dsn, autocommit=True) as c:
+            c.execute("SELECT df.grant_usage(%s)", (user,))
+            c.execute("CREATE TABLE notes (v text)")
+            c.execute(f"GRANT INSERT, SELECT ON notes TO {user}")
+        worker = WorkerThread(owner_dsn, concurrency=2, poll_interval=0.2).start()
+        try:
+            with psycopg.connect(
+                role_dsn(pg_server.dsn(database), user, user_pw), autocommit=True
+            ) as u:
+                iid, status = run_workflow(
+                    u,
+                    "'INSERT INTO notes VALUES (current_user) RETURNING v' "
+                    "~> 'SELECT v, current_user::text AS u FROM notes'",
+                )
+                assert status == "completed", u.execute(
+                    "SELECT output FROM df.instance_info(%s)", (iid,)
+                ).fetchone()
+                assert u.execute("SELECT df.result(%s)", (iid,)).fetchone() == (
+                    f'{{"rows": [{{"u": "{user}", "v": "{user}"}}], "row_count": 1}}',
+                )
+                # Its step function is its own, in a schema it still cannot use or create in.
+                assert u.execute(
+                    "SELECT has_schema_privilege('df_exec', 'CREATE'), "
+                    "has_schema_privilege('df_exec', 'USAGE')"
+                ).fetchone() == (False, False)
+        finally:
+            worker.stop()
+    finally:
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.execute(f"DROP ROLE {user}")
+            admin.execute(f"DROP ROLE {owner}")

@@ -136,7 +136,13 @@ class StepRunner:
                     "function": sql.Identifier(EXEC_SCHEMA, role.function),
                     "role": sql.Identifier(role.name),
                 }
-                for name in ("create_exec_function", "revoke_exec_function", "own_exec_function"):
+                for name in (
+                    "create_exec_function",
+                    "revoke_exec_function",
+                    "lend_exec_schema",
+                    "own_exec_function",
+                    "take_back_exec_schema",
+                ):
                     await conn.execute(sql.SQL(query(name)).format(**names))
                 logger.info(
                     "created step function %s for role %s",

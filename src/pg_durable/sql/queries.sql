@@ -174,8 +174,17 @@ $body$
 -- name: revoke_exec_function
 REVOKE ALL ON FUNCTION {function}(text, boolean) FROM PUBLIC
 
+-- name: lend_exec_schema
+-- A new owner needs CREATE on the function's schema (unless the worker is a superuser). Lent
+-- and taken back in the same transaction, so no other session ever sees the grant: a role
+-- that could create in df_exec could plant another role's step function.
+GRANT CREATE ON SCHEMA df_exec TO {role}
+
 -- name: own_exec_function
 ALTER FUNCTION {function}(text, boolean) OWNER TO {role}
+
+-- name: take_back_exec_schema
+REVOKE CREATE ON SCHEMA df_exec FROM {role}
 
 -- name: role_exists
 SELECT rolname FROM pg_catalog.pg_roles WHERE oid = %(oid)s
