@@ -23,7 +23,6 @@ runs again alone (:meth:`Executor.run_single`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -80,24 +79,16 @@ class LoadedInstance:
     label: str | None
 
 
-@dataclass(slots=True)
-class Attempt:
-    """Outcomes an earlier, rolled-back attempt at the same fiber version already knows."""
-
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
-
-
 @dataclass(frozen=True, slots=True)
 class Retry:
     """A fiber to claim again (at ``version``) and run alone."""
 
     scope: str
     version: int
-    attempt: Attempt
 
     @classmethod
-    def of(cls, row: Row, attempt: Attempt | None = None) -> Retry:
-        return cls(str(row["scope"]), int(row["version"]), attempt or Attempt())
+    def of(cls, row: Row) -> Retry:
+        return cls(str(row["scope"]), int(row["version"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +124,8 @@ class _Run:
     fiber: Fiber
     plan: Plan
     interp: Interpreter
-    attempt: Attempt
+    #: Outcomes of the fiber's steps known already (a statement run outside any transaction).
+    known: dict[str, Outcome]
     #: The node whose statement this transaction runs for the fiber (at most one).
     statement_node: str | None = None
     #: That statement, while it waits for the batch to run it.
@@ -157,7 +149,7 @@ class Executor:
         batched = len(rows) > 1
         continued: list[Row] = []
         try:
-            runs, alone, released = await self._advance(conns, rows, [Attempt() for _ in rows])
+            runs, alone, released = await self._advance(conns, rows)
             scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
             continued = await self._commit(
                 conns.conn, [_plan_json(r.fiber, r.plan) for r in runs], scopes
@@ -180,12 +172,15 @@ class Executor:
             return Batch([Retry.of(row) for row in rows], 0)
         return Batch([Retry.of(row) for row in alone], released, continued)
 
-    async def run_single(self, conns: Connections, row: Row, attempt: Attempt) -> None:
+    async def run_single(
+        self, conns: Connections, row: Row, known: dict[str, Outcome] | None = None
+    ) -> None:
         """Advance one fiber in the transaction open on ``conns.conn`` and commit; a statement
         that must run outside a transaction block is dealt with here."""
         conn = conns.conn
+        known = {} if known is None else known
         try:
-            runs, _, _ = await self._advance(conns, [row], [attempt])
+            runs, _, _ = await self._advance(conns, [row], known)
             await self._commit(conn, [_plan_json(r.fiber, r.plan) for r in runs], [])
             return
         except (Cancelled, psycopg.errors.QueryCanceled):
@@ -202,9 +197,7 @@ class Executor:
             await conn.execute("COMMIT")
             if leased is None:
                 return
-            attempt.outcomes[needs.node_id] = await self.sql.run_autocommit(
-                conns, needs.role, needs.text
-            )
+            known[needs.node_id] = await self.sql.run_autocommit(conns, needs.role, needs.text)
         # Claim the fiber again, as leased; if the lease ran out and another worker took it,
         # that worker runs the statement again (at least once).
         await conn.execute("BEGIN")
@@ -215,7 +208,7 @@ class Executor:
         if again is None:
             await conn.execute("ROLLBACK")
             return
-        await self.run_single(conns, dict(again), attempt)
+        await self.run_single(conns, dict(again), known)
 
     async def _rollback(self, conns: Connections) -> None:
         """Roll the transaction back. After a cancel the fibers stay claimable; whatever is
@@ -267,16 +260,17 @@ class Executor:
 
     # -- the three phases -----------------------------------------------------------------------
     async def _advance(
-        self, conns: Connections, rows: list[Row], attempts: list[Attempt]
+        self, conns: Connections, rows: list[Row], known: dict[str, Outcome] | None = None
     ) -> tuple[list[_Run], list[Row], int]:
-        """Advance the claimed fibers; returns those to commit, the rows to run alone, and
-        how many were released without running (the window had passed)."""
+        """Advance the claimed fibers (``known``: outcomes known already, for a lone fiber);
+        returns those to commit, the rows to run alone, and how many were released without
+        running (the window had passed)."""
         batched = len(rows) > 1
         runs: list[_Run] = []
         alone: list[Row] = []
-        for row, attempt in zip(rows, attempts, strict=True):
+        for row in rows:
             try:
-                run = await self._start(conns, row, attempt, batched=batched)
+                run = await self._start(conns, row, known or {}, batched=batched)
             except RunAlone:
                 alone.append(row)
                 continue
@@ -344,7 +338,7 @@ class Executor:
         await self._carry_on(conns, run, batched=False)
 
     async def _start(
-        self, conns: Connections, row: Row, attempt: Attempt, *, batched: bool
+        self, conns: Connections, row: Row, known: dict[str, Outcome], *, batched: bool
     ) -> _Run | None:
         """Phase 1 for one fiber: decide, up to its statement if it has one. None: the fiber
         was dropped or its instance failed (already written)."""
@@ -368,7 +362,7 @@ class Executor:
         fiber = _fiber_from_row(row)
         plan = Plan()
         ctx = Context(loaded.graph, loaded.variables, loaded.label, float(row["db_now"]))
-        run = _Run(row, loaded, fiber, plan, Interpreter(ctx, fiber, plan), attempt)
+        run = _Run(row, loaded, fiber, plan, Interpreter(ctx, fiber, plan), known)
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
             run.interp.start()
@@ -416,9 +410,9 @@ class Executor:
             )
             return
         run.statement_node = node.id
-        known = run.attempt.outcomes.get(node.id)
-        if known is not None:
-            run.interp.complete_step(known)
+        outcome = run.known.get(node.id)
+        if outcome is not None:
+            run.interp.complete_step(outcome)
             return
         try:
             text = substitute(
@@ -591,8 +585,3 @@ def _plan_json(fiber: Fiber, plan: Plan) -> dict[str, Any]:
         ),
         "notify": any(s["status"] == "ready" and not s["delay"] for s in spawns),
     }
-
-
-def describe_outcome(outcome: Outcome) -> str:
-    """A short text for logs."""
-    return json.dumps(outcome_to_json(outcome))[:200]

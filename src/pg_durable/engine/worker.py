@@ -342,7 +342,7 @@ class Worker:
                     continue
                 # A failure here that is not the statement's own fails this instance.
                 slot.instance_id = str(row["instance_id"])
-                await self.executor.run_single(conns, dict(row), retry.attempt)
+                await self.executor.run_single(conns, dict(row))
                 slot.instance_id = None
         return found
 
