@@ -1,11 +1,11 @@
 """The worker: slots that claim and run fibers, a listener, a heartbeat and a sweeper.
 
-Each slot owns one database connection and runs one step at a time, so ``concurrency`` slots
-run that many steps at once. Slots wake on ``NOTIFY pg_durable`` (sent by df.start's trigger
-and by steps that make work runnable) and poll as a fallback — NOTIFY is a hint, the rows are
-the truth. A lost connection (PostgreSQL restarted, backend terminated) is logged once and
-re-established with exponential backoff; the step in flight is rolled back by PostgreSQL and
-runs again, once.
+Each slot owns a step connection (and a side connection) and runs one batch at a time
+(executor.py), so ``concurrency`` slots run that many transactions at once. Slots wake on
+``NOTIFY pg_durable`` (sent by df.start's trigger and by steps that make work runnable), one
+per notification, and poll as a fallback — NOTIFY is a hint, the rows are the truth. A lost
+connection (PostgreSQL restarted, backend terminated) is logged once and re-established with
+exponential backoff; the batch in flight is rolled back by PostgreSQL and runs again, once.
 """
 
 from __future__ import annotations
