@@ -31,6 +31,10 @@ class Settings:
     #: Seconds after which a batch takes no more steps (how long a quick step's commit may
     #: wait for the steps batched with it).
     batch_window: float = 0.02
+    #: Iterations a loop may run before it fails (pg_durable: 100,000).
+    loop_max_iterations: int = 100_000
+    #: Seconds an iteration of a loop takes at least (pg_durable: 1).
+    loop_min_interval: float = 1.0
     #: Seconds between polls for work when no NOTIFY arrives (NOTIFY is a hint, not the truth).
     poll_interval: float = 1.0
     #: Seconds between heartbeats written to df._workers.
@@ -70,6 +74,12 @@ class Settings:
             raise ConfigurationError(f"batch_size must be at least 1 (got {self.batch_size})")
         if self.batch_window < 0:
             raise ConfigurationError("batch_window cannot be negative")
+        if self.loop_max_iterations < 1:
+            raise ConfigurationError(
+                f"loop_max_iterations must be at least 1 (got {self.loop_max_iterations})"
+            )
+        if self.loop_min_interval < 0:
+            raise ConfigurationError("loop_min_interval cannot be negative")
         for name in ("poll_interval", "heartbeat_interval", "reconnect_max_backoff"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive (got {getattr(self, name)})")

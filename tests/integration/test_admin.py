@@ -6,7 +6,6 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -16,6 +15,7 @@ from psycopg.conninfo import make_conninfo
 
 from pg_durable import __version__, schema
 from tests.fixtures.postgres import role_dsn
+from tests.fixtures.sql import one, raises_exactly
 
 Conn = psycopg.Connection[Any]
 
@@ -83,20 +83,6 @@ def notices(c: Conn) -> list[str]:
 
     c.add_notice_handler(handler)
     return got
-
-
-def one(c: Conn, query: str, params: tuple[Any, ...] = ()) -> Any:
-    row = c.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-@contextmanager
-def raises_exactly(kind: type[psycopg.Error], message: str) -> Iterator[None]:
-    """Like pytest.raises, and the error's primary message is exactly ``message``."""
-    with pytest.raises(kind) as info:
-        yield
-    assert info.value.diag.message_primary == message
 
 
 def can_use_df(c: Conn) -> None:

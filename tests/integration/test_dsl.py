@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.fixtures.sql import error_of, one
+
 Conn = psycopg.Connection[Any]
 
 VALID_TYPES = (
@@ -24,19 +26,6 @@ DF_TABLES = ("df.instances", "df.nodes", "df._fibers", "df._instance_state")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def one(conn: Conn, query: str, params: Any = None) -> Any:
-    row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def error_of(conn: Conn, query: str, params: Any = None) -> str:
-    """The primary message of the error ``query`` raises."""
-    with pytest.raises(psycopg.Error) as caught:
-        conn.execute(query, params)
-    message = caught.value.diag.message_primary
-    assert message is not None
-    return message
 
 
 def js(text: str | None) -> str:

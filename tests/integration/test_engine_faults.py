@@ -53,12 +53,10 @@ def test_a_malformed_hand_built_graph_fails_its_instance_and_nothing_else(
 def test_a_node_type_this_worker_cannot_run_fails_with_the_reason(
     conn: Conn, worker: WorkerThread
 ) -> None:
-    iid = hand_built(
-        conn, [("aaaaaaaa", "SIGNAL", '{"signal_name":"go","timeout_seconds":null}', None, None)]
-    )
+    iid = hand_built(conn, [("aaaaaaaa", "HTTP", '{"url":"https://example.com"}', None, None)])
     assert wait_for(conn, iid) == "failed"
     assert output_of(conn, iid) == (
-        "SIGNAL nodes are not supported by this version of the pg_durable worker"
+        "HTTP nodes are not supported by this version of the pg_durable worker"
     )
 
 

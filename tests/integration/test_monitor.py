@@ -13,24 +13,13 @@ import pytest
 
 from tests.fixtures.engine import WorkerThread, run_workflow, wait_for
 from tests.fixtures.postgres import role_dsn
+from tests.fixtures.sql import error_of, one
 
 Conn = psycopg.Connection[Any]
 FUNCTION_NAME = "pg_durable::orchestration::execute-function-graph"
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def one(conn: Conn, query: str, params: Any = None) -> Any:
-    row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def error_of(conn: Conn, query: str, params: Any = None) -> str:
-    with pytest.raises(psycopg.Error) as caught:
-        conn.execute(query, params)
-    message = caught.value.diag.message_primary
-    assert message is not None
-    return message
 
 
 def rows_of(conn: Conn, query: str, params: Any = None) -> list[dict[str, Any]]:

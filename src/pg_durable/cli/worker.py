@@ -30,6 +30,8 @@ _HELP = {
     "concurrency": "steps executed at once, one database connection each",
     "batch_size": "most runnable steps a connection runs and commits in one transaction",
     "batch_window": "seconds after which a batch takes no more steps",
+    "loop_max_iterations": "iterations a loop may run before it fails",
+    "loop_min_interval": "seconds an iteration of a loop takes at least",
     "poll_interval": "seconds between polls for work when no NOTIFY arrives",
     "heartbeat_interval": "seconds between heartbeats written to df._workers",
     "shutdown_grace": "seconds a graceful stop waits for in-flight steps before cancelling",

@@ -23,6 +23,7 @@ runs again alone (:meth:`Executor.run_single`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from pg_durable.graph.interpreter import (
     outcome_from_json,
     outcome_to_json,
 )
-from pg_durable.graph.model import Graph, NodeRow
+from pg_durable.graph.model import Graph, Node, NodeRow
 from pg_durable.graph.sqltext import as_condition_query
 from pg_durable.graph.substitution import substitute
 from pg_durable.queries import query
@@ -69,6 +70,10 @@ _GRAPH_CACHE_SIZE: Final = 2048
 AUTOCOMMIT_LEASE: Final = 3600
 #: Times a fiber's statement runs again (alone) before that counts as an internal error.
 _MAX_RERUNS: Final = 5
+#: Steps done in the worker's transaction, without a user statement.
+_INLINE_STEPS: Final = frozenset({"SLEEP", "SIGNAL", "WAIT_SCHEDULE"})
+#: The deadline of a wait without one (epoch seconds of the year 3000).
+_FOREVER: Final = 32503680000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +140,17 @@ class _Run:
 class Executor:
     """Runs claimed fibers. One per worker; slots call it with their connections."""
 
-    def __init__(self, runner: StepRunner, *, batch_window: float) -> None:
+    def __init__(
+        self,
+        runner: StepRunner,
+        *,
+        batch_window: float,
+        loop_max_iterations: int = 100_000,
+        loop_min_interval: float = 1.0,
+    ) -> None:
         self.batch_window = batch_window
+        self.loop_max_iterations = loop_max_iterations
+        self.loop_min_interval = loop_min_interval
         self.sql = SqlSteps(runner, slow_seconds=batch_window)
         self._instances: OrderedDict[str, LoadedInstance] = OrderedDict()
 
@@ -151,9 +165,7 @@ class Executor:
         try:
             runs, alone, released = await self._advance(conns, rows)
             scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
-            continued = await self._commit(
-                conns.conn, [_plan_json(r.fiber, r.plan) for r in runs], scopes
-            )
+            continued = await self._commit(conns.conn, [_plan_json(r) for r in runs], scopes)
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
             return Batch([], len(rows))
@@ -181,7 +193,7 @@ class Executor:
         known = {} if known is None else known
         try:
             runs, _, _ = await self._advance(conns, [row], known)
-            await self._commit(conn, [_plan_json(r.fiber, r.plan) for r in runs], [])
+            await self._commit(conn, [_plan_json(r) for r in runs], [])
             return
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
@@ -361,7 +373,14 @@ class Executor:
             return None
         fiber = _fiber_from_row(row)
         plan = Plan()
-        ctx = Context(loaded.graph, loaded.variables, loaded.label, float(row["db_now"]))
+        ctx = Context(
+            loaded.graph,
+            loaded.variables,
+            loaded.label,
+            float(row["db_now"]),
+            max_iterations=self.loop_max_iterations,
+            min_iteration_seconds=self.loop_min_interval,
+        )
         run = _Run(row, loaded, fiber, plan, Interpreter(ctx, fiber, plan), known)
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
@@ -389,7 +408,9 @@ class Executor:
             if fiber.status != "ready" or fiber.not_before is not None or fiber.delay > 0:
                 return
             node = run.loaded.graph.node(fiber.node_id)
-            if node.type != "SLEEP" and (node.type != "SQL" or run.statement_node is not None):
+            if node.type not in _INLINE_STEPS and (
+                node.type != "SQL" or run.statement_node is not None
+            ):
                 return
             await self._step(conns, run, batched=batched)
             if run.statement is not None:
@@ -401,6 +422,12 @@ class Executor:
         node = loaded.graph.node(fiber.node_id)
         if node.type == "SLEEP":
             run.interp.complete_step(Ok(f'{{"slept":true,"seconds":{node.seconds}}}'))
+            return
+        if node.type == "SIGNAL":
+            await self._wait_for_signal(conns.conn, run, node)
+            return
+        if node.type == "WAIT_SCHEDULE":
+            await self._wait_for_schedule(conns.conn, run, node)
             return
         if node.type != "SQL":
             run.interp.complete_step(
@@ -444,6 +471,53 @@ class Executor:
             run.interp.complete_step(prepared)
         else:
             run.statement = prepared
+
+    async def _wait_for_signal(self, conn: AnyConn, run: _Run, node: Node) -> None:
+        """Complete the SIGNAL step with the oldest signal of its name in the inbox, or with a
+        timeout once its deadline has passed; else the fiber waits (df.signal wakes it)."""
+        fiber, now = run.fiber, float(run.row["db_now"])
+        until = _wait_until(fiber, node.id)
+        if until is None:
+            until = now + node.timeout if node.timeout is not None else _FOREVER
+            fiber.state["wait"] = {"node": node.id, "until": until}
+        # Under the instance's signal lock: a signal sent from now on sees this fiber waiting.
+        await conn.execute(query("signal_lock"), {"instance_id": fiber.instance_id})
+        cur = await conn.execute(
+            query("take_signal"),
+            {"instance_id": fiber.instance_id, "name": node.signal, "scope": fiber.scope},
+        )
+        got = await cur.fetchone()
+        if got is None and now < until:
+            fiber.awaiting = node.signal
+            fiber.not_before = until
+            return
+        del fiber.state["wait"]
+        result = {
+            "signal_name": node.signal,
+            "timed_out": got is None,
+            "data": None if got is None else got["data"],
+        }
+        run.interp.complete_step(Ok(json.dumps(result, separators=(",", ":"))))
+
+    async def _wait_for_schedule(self, conn: AnyConn, run: _Run, node: Node) -> None:
+        """Wait for the next tick of the node's cron expression after the moment it is reached
+        (database clock, pg_durable.cron_timezone), then complete."""
+        fiber, now = run.fiber, float(run.row["db_now"])
+        until = _wait_until(fiber, node.id)
+        if until is None:
+            cur = await conn.execute(query("schedule_tick"), {"expr": node.cron})
+            row = await cur.fetchone()
+            tick = row["tick"] if row is not None else {}
+            if "at" not in tick:
+                run.interp.complete_step(Failed(str(tick.get("error", "no next tick"))))
+                return
+            until = float(tick["at"])
+            fiber.state["wait"] = {"node": node.id, "until": until}
+        if now < until:
+            fiber.not_before = until
+            return
+        del fiber.state["wait"]
+        run.interp.complete_step(Ok('{"scheduled":true}'))
 
     async def _children(self, conn: AnyConn, fiber: Fiber) -> list[ChildResult]:
         cur = await conn.execute(
@@ -511,6 +585,17 @@ class Executor:
         self._instances.pop(instance_id, None)
 
 
+def _wait_until(fiber: Fiber, node_id: str) -> float | None:
+    """When the wait the fiber started at ``node_id`` (a signal or a schedule) ends: epoch
+    seconds; None if it has not started one there."""
+    wait = fiber.state.get("wait")
+    if isinstance(wait, dict) and wait.get("node") == node_id:
+        until = wait.get("until")
+        if isinstance(until, int | float):
+            return float(until)
+    return None
+
+
 def _due_now(fiber: Fiber) -> bool:
     """Whether the fiber is runnable again the moment its plan commits."""
     return fiber.status == "ready" and fiber.delay == 0 and fiber.not_before is None
@@ -550,14 +635,16 @@ def _fiber_json(fiber: Fiber) -> dict[str, Any]:
         "pending": fiber.pending,
         "wake_at_pending": fiber.wake_at_pending,
         "outcome": outcome_to_json(fiber.outcome) if fiber.outcome is not None else None,
+        "awaiting": fiber.awaiting,
     }
 
 
-def _plan_json(fiber: Fiber, plan: Plan) -> dict[str, Any]:
-    """The plan as df._apply_plan reads it."""
+def _plan_json(run: _Run) -> dict[str, Any]:
+    """The plan of a fiber's transaction, as df._apply_plan and df._apply_moves read it."""
+    fiber, plan = run.fiber, run.plan
     root_done = fiber.parent_scope is None and fiber.status == "done"
     spawns = [_fiber_json(f) for f in plan.spawns]
-    return {
+    payload: dict[str, Any] = {
         "instance_id": fiber.instance_id,
         "scope": fiber.scope,
         "mark_running": plan.mark_running,
@@ -585,3 +672,6 @@ def _plan_json(fiber: Fiber, plan: Plan) -> dict[str, Any]:
         ),
         "notify": any(s["status"] == "ready" and not s["delay"] for s in spawns),
     }
+    if fiber.parent_scope is None and fiber.generation != int(run.row["generation"]):
+        payload["execution_count"] = fiber.generation  # a root loop's next iteration
+    return payload

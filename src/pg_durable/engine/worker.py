@@ -56,7 +56,12 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.id = uuid.uuid4()
-        self.executor = Executor(StepRunner(), batch_window=settings.batch_window)
+        self.executor = Executor(
+            StepRunner(),
+            batch_window=settings.batch_window,
+            loop_max_iterations=settings.loop_max_iterations,
+            loop_min_interval=settings.loop_min_interval,
+        )
         self._slots = [Slot(i) for i in range(settings.concurrency)]
         self._stopping = asyncio.Event()
         self._wake = asyncio.Condition()
@@ -242,6 +247,7 @@ class Worker:
             async with self._control_lock:
                 conn = await self._control_conn()
                 await conn.execute(query("sweep"))
+                await conn.execute(query("sweep_signals"))
             await self._sleep_or_stop(_SWEEP_INTERVAL)
 
     async def _notify_slots(self, count: int | None = None) -> None:

@@ -87,8 +87,11 @@ class Fiber:
     status: str = "ready"
     #: Seconds from the commit until the fiber is runnable again (a sleep).
     delay: float = 0.0
-    #: Epoch seconds (database clock) before which the fiber must not run (loop pacing).
+    #: Epoch seconds (database clock) before which the fiber must not run (loop pacing, the
+    #: deadline of a signal wait, the next tick of a schedule).
     not_before: float | None = None
+    #: The signal the fiber waits for at its SIGNAL node (df.signal wakes it).
+    awaiting: str | None = None
     pending: int = 0
     wake_at_pending: int = 0
     outcome: Outcome | None = None

@@ -63,6 +63,11 @@ class Node:
     break_value: str | None = None
     #: IF built with df.if_rows: the result name it tests.
     rows_of: str | None = None
+    #: SIGNAL: the signal awaited, and the seconds after which the wait times out (None: never).
+    signal: str | None = None
+    timeout: int | None = None
+    #: WAIT_SCHEDULE: the cron expression.
+    cron: str | None = None
 
     @property
     def children(self) -> tuple[str, ...]:
@@ -182,12 +187,11 @@ def _seconds(row: NodeRow) -> int:
     return seconds
 
 
-def _check_leaf_config(row: NodeRow, config: Mapping[str, object]) -> None:
-    """The fields the worker reads from a WAIT_SCHEDULE, SIGNAL or HTTP config."""
+def _leaf(base: Node, row: NodeRow, config: Mapping[str, object]) -> Node:
+    """A WAIT_SCHEDULE, SIGNAL or HTTP node with the fields the worker reads from its config."""
     if row.node_type == "WAIT_SCHEDULE":
-        _required_str(row, config, "cron_expr")
-    elif row.node_type == "SIGNAL":
-        _required_str(row, config, "signal_name")
+        return replace(base, cron=_required_str(row, config, "cron_expr"))
+    if row.node_type == "SIGNAL":
         timeout = config.get("timeout_seconds")
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
@@ -195,8 +199,9 @@ def _check_leaf_config(row: NodeRow, config: Mapping[str, object]) -> None:
             raise GraphError(
                 f"node {row.id} (SIGNAL): timeout_seconds must be a positive integer or null"
             )
-    else:  # HTTP, HTTP_MULTIPART
-        _required_str(row, config, "url")
+        return replace(base, signal=_required_str(row, config, "signal_name"), timeout=timeout)
+    _required_str(row, config, "url")  # HTTP, HTTP_MULTIPART
+    return base
 
 
 def _parse(row: NodeRow) -> Node:
@@ -222,8 +227,7 @@ def _parse(row: NodeRow) -> Node:
         config = _config(row)
         return replace(base, break_value=_str_or_none(row, config, "break_value"))
     if kind in ("WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"):
-        _check_leaf_config(row, _config(row))
-        return base
+        return _leaf(base, row, _config(row))
     # Compound nodes.
     if kind in ("THEN", "RACE", "JOIN", "IF") and not (row.left_node and row.right_node):
         raise GraphError(f"node {row.id} ({kind}) needs both a left and a right child")

@@ -110,6 +110,15 @@ DELETE FROM df._fibers
          LIMIT 1000
            FOR UPDATE OF f SKIP LOCKED)
 
+-- name: sweep_signals
+-- Signals of instances that ended (cancelled, say) while they were in the inbox.
+DELETE FROM df._signals
+ WHERE id IN (SELECT s.id FROM df._signals s
+               WHERE NOT EXISTS (SELECT 1 FROM df.instances i
+                                  WHERE i.id = s.instance_id
+                                    AND i.status IN ('pending', 'running'))
+               LIMIT 1000)
+
 -- name: next_run_at
 -- Seconds until the next timer. Only future ones: a fiber due now that the claim did not get
 -- is held by another slot, which carries it on or wakes this one when it lets it go.
@@ -119,6 +128,22 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
 
 -- name: run_steps
 SELECT step, kind, data FROM df._run_steps(%s, %s)
+
+-- name: signal_lock
+SELECT df._signal_lock(%(instance_id)s)
+
+-- name: take_signal
+-- The oldest signal of this name for this fiber or for anyone (under the signal lock).
+DELETE FROM df._signals
+ WHERE id = (SELECT s.id FROM df._signals s
+              WHERE s.instance_id = %(instance_id)s AND s.name = %(name)s
+                AND (s.scope = %(scope)s OR s.scope IS NULL)
+              ORDER BY s.id
+              LIMIT 1)
+RETURNING data
+
+-- name: schedule_tick
+SELECT df._schedule_tick(%(expr)s) AS tick
 
 -- name: local_statement_timeout
 -- The submitting role's statement_timeout, for the statement that runs its step alone.

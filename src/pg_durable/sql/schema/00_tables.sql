@@ -172,12 +172,28 @@ CREATE TABLE df._fibers (
     wake_at_pending   int NOT NULL DEFAULT 0,
     first_done        text,
     outcome           jsonb,
+    -- The signal a fiber at a SIGNAL node waits for: df.signal wakes it (35_signals.sql).
+    awaiting          text,
     version           bigint NOT NULL DEFAULT 0,
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX _fibers_ready ON df._fibers (run_at) WHERE status = 'ready';
 CREATE INDEX _fibers_instance ON df._fibers (instance_id);
 CREATE INDEX _fibers_parent ON df._fibers (parent_scope) WHERE parent_scope IS NOT NULL;
+
+-- Signals sent to an instance (df.signal) and not consumed yet: the durable inbox. A signal
+-- sent while fibers wait for its name gets one row per waiting fiber (scope); one sent while
+-- none waits gets one row for whichever wait comes first (scope NULL). A wait consumes the
+-- oldest row of its name meant for it or for anyone: FIFO per name.
+CREATE TABLE df._signals (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id varchar(8) NOT NULL,
+    name        text NOT NULL,
+    data        jsonb,
+    scope       text,
+    sent_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX _signals_inbox ON df._signals (instance_id, name, id);
 
 -- Steps run inside SECURITY DEFINER functions owned by the submitting role, created here by the
 -- worker (see engine/identity.py). No role but the owner of the schema may use it, so no

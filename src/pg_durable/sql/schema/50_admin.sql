@@ -101,7 +101,9 @@ $$;
 -- monitoring functions (df.list_instances, df.instance_info, df.instance_executions) are
 -- SECURITY INVOKER and read this engine table as the caller (its RLS policy shows a role only
 -- the rows of its own instances); and SELECT on df._meta (installation facts: schema version,
--- install time), which df.instance_info reads as the caller for function_version.
+-- install time), which df.instance_info reads as the caller for function_version; and INSERT
+-- (instance_id, name, data) on df._signals, the inbox df.signal writes to as the caller (its
+-- RLS policy admits signals for the caller's own running instances only).
 --
 -- One row per privilege: (object kind, object, privilege, columns or NULL).
 CREATE FUNCTION df._usage_privileges(include_http boolean, admin_functions boolean)
@@ -122,7 +124,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
         ('TABLE', 'df.vars', 'UPDATE', NULL),
         ('TABLE', 'df.vars', 'DELETE', NULL),
         ('TABLE', 'df._instance_state', 'SELECT', NULL),
-        ('TABLE', 'df._meta', 'SELECT', NULL)
+        ('TABLE', 'df._meta', 'SELECT', NULL),
+        ('TABLE', 'df._signals', 'INSERT', ARRAY['instance_id', 'name', 'data'])
     ) AS t(kind, object, privilege, columns)
     UNION ALL
     SELECT 'FUNCTION', f, 'EXECUTE', NULL

@@ -129,6 +129,7 @@ BEGIN
                wake_at_pending = (f->>'wake_at_pending')::int,
                first_done = NULL,
                outcome = f->'outcome',
+               awaiting = f->>'awaiting',
                version = version + 1,
                updated_at = now()
          WHERE scope = v_scope
@@ -152,6 +153,11 @@ BEGIN
         END IF;
     END IF;
 
+    IF p ? 'execution_count' THEN
+        UPDATE df._instance_state SET execution_count = (p->>'execution_count')::bigint
+         WHERE instance_id = v_instance;
+    END IF;
+
     IF inst IS NOT NULL AND jsonb_typeof(inst) = 'object' THEN
         -- completed_at is when the instance completed, not when its last transaction began
         -- (a batch's transaction can be older than its commit by the batch window).
@@ -165,10 +171,12 @@ BEGIN
                execution_count = (inst->>'execution_count')::bigint,
                finished_at = now()
          WHERE instance_id = v_instance;
-        -- Whatever else is left of the instance (nothing, unless a stale step still runs).
+        -- Whatever else is left of the instance (nothing, unless a stale step still runs),
+        -- and signals nobody will wait for any more.
         DELETE FROM df._fibers
          WHERE scope IN (SELECT x.scope FROM df._fibers x WHERE x.instance_id = v_instance
                             FOR UPDATE SKIP LOCKED);
+        DELETE FROM df._signals WHERE instance_id = v_instance;
     END IF;
     RETURN v_woke = 'ready';
 END
@@ -211,10 +219,16 @@ BEGIN
            wake_at_pending = (x->'fiber'->>'wake_at_pending')::int,
            first_done = NULL,
            outcome = x->'fiber'->'outcome',
+           awaiting = x->'fiber'->>'awaiting',
            version = f.version + 1,
            updated_at = now()
       FROM unnest(p_plans) x
      WHERE f.scope = x->>'scope';
+    -- Root loops report their iterations while they run (df.list_instances' execution_count).
+    UPDATE df._instance_state s
+       SET execution_count = (x->>'execution_count')::bigint
+      FROM unnest(p_plans) x
+     WHERE x ? 'execution_count' AND s.instance_id = x->>'instance_id';
 END
 $$;
 
@@ -376,6 +390,18 @@ BEGIN
 END
 $$;
 
+-- When a WAIT_SCHEDULE node reached now waits until (15_cron.sql): {"at": <epoch seconds>},
+-- or {"error": <message>} — which fails the node, not the worker's transaction.
+CREATE FUNCTION df._schedule_tick(p_expr text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN jsonb_build_object(
+        'at', extract(epoch FROM df._cron_next(p_expr, now(), df._cron_timezone())));
+EXCEPTION WHEN OTHERS THEN
+    RETURN jsonb_build_object('error', SQLERRM);
+END
+$$;
+
 -- Fail an instance the worker cannot run (malformed hand-built graph, dropped role, refused
 -- superuser, internal error): the instance and its root node carry the reason.
 CREATE FUNCTION df._fail_instance(p_instance text, p_message text) RETURNS void
@@ -390,6 +416,7 @@ BEGIN
       FROM df.instances i
      WHERE i.id = p_instance AND n.instance_id = i.id AND n.id = i.root_node;
     PERFORM df._drop_fibers(p_instance, p_instance);
+    DELETE FROM df._signals WHERE instance_id = p_instance;
 END
 $$;
 
@@ -401,5 +428,6 @@ REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._role_settings(text[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._run_steps(jsonb, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._schedule_tick(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._fail_instance(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_insert() FROM PUBLIC;

@@ -1,0 +1,108 @@
+-- pg_durable: signals. df.wait_for_signal builds a SIGNAL step; df.signal sends one.
+--
+-- Unlike pg_durable, no signal is lost: one sent before the workflow reaches its wait is kept
+-- in the instance's durable inbox (df._signals) and consumed by the first wait for its name,
+-- oldest first. A signal sent while fibers wait for its name goes to each of them (the
+-- branches of a JOIN or RACE that wait for it), as pg_durable fans a signal out to every
+-- waiting child execution.
+--
+-- The inbox and the waits meet under one lock per instance (df._signal_lock): a new signal
+-- takes it before it looks for waiting fibers, and a worker takes it before it looks into the
+-- inbox for a fiber and records that the fiber waits. So either the worker sees the signal,
+-- or the signal sees the waiting fiber and wakes it — never neither.
+
+CREATE FUNCTION df.wait_for_signal(name text, timeout_seconds int DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'Signal name cannot be empty';
+    END IF;
+    IF timeout_seconds IS NOT NULL AND timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'Timeout must be positive';
+    END IF;
+    RETURN df._node('SIGNAL', query => '{"signal_name":' || to_json(name)::text
+                                      || ',"timeout_seconds":'
+                                      || coalesce(timeout_seconds::text, 'null') || '}');
+END
+$$;
+
+-- Serialises an instance's inbox and its waits (see above). Transaction-scoped.
+CREATE FUNCTION df._signal_lock(p_instance text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    -- 0x50474453 = 'PGDS': a class of advisory locks of its own.
+    SELECT pg_advisory_xact_lock(1346913363, hashtext(p_instance));
+$$;
+
+-- A signal enters the inbox by an INSERT as the sender (df.signal): row-level security lets a
+-- role insert signals only for its own running instances, and column privileges only the
+-- instance, name and data. This trigger, as the owner, then gives the signal to each fiber
+-- waiting for it (a copy each) and wakes them; with none waiting it stays for the next wait.
+ALTER TABLE df._signals ENABLE ROW LEVEL SECURITY;
+CREATE POLICY signals_sender ON df._signals FOR INSERT
+    WITH CHECK (scope IS NULL
+                AND EXISTS (SELECT 1 FROM df.instances i
+                             WHERE i.id OPERATOR(pg_catalog.=) instance_id
+                               AND i.status IN ('pending', 'running')));
+
+CREATE FUNCTION df._on_signal_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    waiting text[];
+BEGIN
+    PERFORM df._signal_lock(NEW.instance_id);
+    waiting := ARRAY(SELECT f.scope FROM df._fibers f
+                      WHERE f.instance_id = NEW.instance_id AND f.awaiting = NEW.name
+                      ORDER BY f.scope);
+    IF cardinality(waiting) = 0 THEN
+        RETURN NULL;
+    END IF;
+    UPDATE df._signals SET scope = waiting[1] WHERE id = NEW.id;
+    INSERT INTO df._signals (instance_id, name, data, scope)
+    SELECT NEW.instance_id, NEW.name, NEW.data, w FROM unnest(waiting[2:]) w;
+    -- Wake them. A fiber a worker holds right now is skipped, not waited for (that worker may
+    -- be waiting for this lock): it looks into the inbox under this lock before it commits.
+    UPDATE df._fibers SET run_at = now()
+     WHERE scope IN (SELECT f.scope FROM df._fibers f
+                      WHERE f.scope = ANY (waiting) AND f.awaiting = NEW.name
+                        FOR UPDATE SKIP LOCKED);
+    PERFORM pg_notify('pg_durable', 'work');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER signals_deliver AFTER INSERT ON df._signals
+    FOR EACH ROW WHEN (NEW.scope IS NULL) EXECUTE FUNCTION df._on_signal_insert();
+
+CREATE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql VOLATILE STRICT SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_status text;
+    v_data   jsonb;
+BEGIN
+    IF instance_id = '' THEN
+        RAISE EXCEPTION 'Instance ID cannot be empty';
+    END IF;
+    IF signal_name = '' THEN
+        RAISE EXCEPTION 'Signal name cannot be empty';
+    END IF;
+    -- Through row-level security: another role's instance does not exist for the caller.
+    SELECT i.status INTO v_status FROM df.instances i WHERE i.id = signal.instance_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id;
+    END IF;
+    IF v_status NOT IN ('pending', 'running') THEN
+        RAISE EXCEPTION 'Instance % is %: signals can only be sent to a pending or running instance',
+            instance_id, v_status;
+    END IF;
+    BEGIN
+        v_data := signal_data::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        v_data := to_jsonb(signal_data);
+    END;
+    INSERT INTO df._signals (instance_id, name, data) VALUES (instance_id, signal_name, v_data);
+    RETURN 'OK';
+END
+$$;
+
+REVOKE ALL ON FUNCTION df._signal_lock(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._on_signal_insert() FROM PUBLIC;
