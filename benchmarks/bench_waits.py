@@ -1,0 +1,283 @@
+"""Durable waits at scale: many instances sleeping or waiting for signals, one worker.
+
+    python benchmarks/bench_waits.py [--dsn URL] [--instances 100000] [--burst 10000]
+
+Without --dsn it starts a private PostgreSQL (the embedded one, default durability settings)
+in a temporary directory. Measured in one run against one database, with one
+``pg-durable worker`` process:
+
+* the ceiling: single-row INSERT transactions per second (autocommit) from the same number of
+  clients as start the instances — what PostgreSQL itself does for one small write;
+* ``df.start`` rate for ``--instances`` instances, half ``df.sleep(7200)`` and half
+  ``df.wait_for_signal('go') ~> 'SELECT clock_timestamp()'``, from 4 client connections with
+  one start per transaction;
+* the worker while they all wait: CPU used over 10 s (it should be ~0: no per-instance
+  polling) and its resident memory, beside the same figures with a tenth of the instances;
+* timer lag: ``--burst`` more instances whose ``df.wait_for_schedule`` falls on the same
+  second; lag = completion − the tick, p50/p99/max;
+* signal latency: for 200 of the waiting instances, from the commit of ``df.signal`` to the
+  start of the step after the wait (both on the database clock), p50/p99.
+
+Targets (issue 3, on a 2-core machine): >= 2,000 df.start/s, worker CPU ~0 while waiting,
+RSS < 150 MB whatever the number waiting, timer lag p99 <= 1 s, signal latency p50 <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pg_durable import schema
+from pg_durable.embedded import EmbeddedPostgres
+
+Conn = psycopg.Connection[Any]
+CLIENTS = 4
+SLEEPER = "df.sleep(7200)"
+WAITER = "df.wait_for_signal('go') ~> 'SELECT clock_timestamp() AS at'"
+
+
+def insert_ceiling(dsn: str, clients: int, seconds: float) -> float:
+    """Single-row INSERT autocommit transactions per second from ``clients`` connections."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial, v text)")
+
+    async def client(stop: float, counts: list[int]) -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            n = 0
+            while time.monotonic() < stop:
+                await conn.execute("INSERT INTO bench_ceiling (v) VALUES ('x')")
+                n += 1
+            counts.append(n)
+
+    async def main() -> float:
+        counts: list[int] = []
+        started = time.monotonic()
+        await asyncio.gather(*(client(started + seconds, counts) for _ in range(clients)))
+        return sum(counts) / (time.monotonic() - started)
+
+    return asyncio.run(main())
+
+
+def start_instances(dsn: str, dsls: list[str]) -> float:
+    """Start one instance per item of ``dsls`` from CLIENTS connections, one df.start per
+    transaction; returns df.start calls per second."""
+
+    async def client(items: list[str]) -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for dsl in items:
+                await conn.execute(f"SELECT df.start({dsl})")
+
+    async def main() -> float:
+        started = time.monotonic()
+        await asyncio.gather(*(client(dsls[i::CLIENTS]) for i in range(CLIENTS)))
+        return len(dsls) / (time.monotonic() - started)
+
+    return asyncio.run(main())
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, current RSS in bytes) of a running process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+def wait_count(conn: Conn, query: str, expected: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = conn.execute(query).fetchone()
+        if row is not None and row[0] >= expected:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def all_waiting(conn: Conn, expected: int) -> None:
+    wait_count(
+        conn,
+        "SELECT count(*) FROM df._fibers WHERE run_at > now() + interval '1 minute'",
+        expected,
+        1800,
+        "every instance to wait",
+    )
+
+
+def idle_cpu(pid: int, seconds: float = 10.0) -> tuple[float, int]:
+    """CPU seconds the worker used over ``seconds`` of waiting, and its RSS."""
+    before, _ = proc_stats(pid)
+    time.sleep(seconds)
+    after, rss = proc_stats(pid)
+    return after - before, rss
+
+
+def pct(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100)[p - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dsn")
+    parser.add_argument("--instances", type=int, default=100_000)
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--signals", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    server = None
+    dsn = args.dsn
+    if dsn is None:
+        tmp = Path(tempfile.mkdtemp(prefix="pg-durable-bench-"))
+        tmp.chmod(0o755)
+        server = EmbeddedPostgres(tmp / "data", extra_settings={"max_connections": "200"})
+        server.start()
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE bench")
+        dsn = server.dsn("bench")
+    try:
+        run(dsn, args)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(dsn: str, args: argparse.Namespace) -> None:
+    schema.install(dsn)
+    conn = psycopg.connect(dsn, autocommit=True)
+    version = conn.execute("SHOW server_version").fetchone()
+    database = conn.execute("SELECT current_database()").fetchone()
+    assert version is not None and database is not None
+    conn.execute(
+        psycopg.sql.SQL("ALTER DATABASE {} SET pg_durable.enable_superuser_instances = on").format(
+            psycopg.sql.Identifier(database[0])
+        )
+    )
+    print(f"pg_durable waits benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"machine  : {platform.machine()}, {os.cpu_count()} cores; PostgreSQL {version[0]}; "
+        f"worker concurrency {args.concurrency}"
+    )
+    ceiling = insert_ceiling(dsn, CLIENTS, 5.0)
+    print(f"ceiling  : {ceiling:8.0f} single-row INSERT transactions/s ({CLIENTS} psycopg clients)")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from pg_durable.cli.main import main; raise SystemExit(main())",
+            "worker",
+            "--dsn",
+            dsn,
+            "--concurrency",
+            str(args.concurrency),
+            "--log-level",
+            "WARNING",
+        ]
+    )
+    try:
+        time.sleep(2)
+        tenth = args.instances // 10
+        waiters: list[str] = []
+        for count in (tenth, args.instances - tenth):
+            dsls = [SLEEPER if i % 2 else WAITER for i in range(count)]
+            rate = start_instances(dsn, dsls)
+            total = conn.execute("SELECT count(*) FROM df.instances").fetchone()
+            assert total is not None
+            all_waiting(conn, total[0])
+            cpu, rss = idle_cpu(worker.pid)
+            print(
+                f"waiting  : {total[0]:7d} instances started at {rate:6.0f} df.start/s "
+                f"({rate / ceiling:.0%} of the ceiling); worker while they wait: "
+                f"{cpu / 10:.3f} CPU s per s, RSS {rss / 2**20:.0f} MiB"
+            )
+        waiters = [
+            r[0]
+            for r in conn.execute(
+                "SELECT instance_id FROM df._fibers WHERE awaiting = 'go' LIMIT %s",
+                (args.signals,),
+            ).fetchall()
+        ]
+        timer_burst(conn, dsn, args.burst)
+        signal_latency(conn, waiters)
+        _, rss = proc_stats(worker.pid)
+        print(f"worker   : RSS {rss / 2**20:.0f} MiB at the end")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        conn.close()
+
+
+def timer_burst(conn: Conn, dsn: str, count: int) -> None:
+    """``count`` instances whose schedule falls on one second; lag from that second."""
+    now = conn.execute("SELECT now() AT TIME ZONE 'UTC'").fetchone()
+    assert now is not None
+    tick = (now[0] + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
+    cron = f"{tick.minute} {tick.hour} {tick.day} {tick.month} *"
+    start_instances(dsn, [f"df.wait_for_schedule('{cron}')"] * count)
+    done_query = (
+        "SELECT count(*) FROM df.instances i JOIN df.nodes n "
+        "ON n.instance_id = i.id AND n.id = i.root_node "
+        "WHERE n.node_type = 'WAIT_SCHEDULE' AND i.status = 'completed'"
+    )
+    wait_count(conn, done_query, count, 600, "the timer burst")
+    lags = [
+        float(r[0])
+        for r in conn.execute(
+            "SELECT extract(epoch FROM i.completed_at - (%s::timestamp AT TIME ZONE 'UTC')) "
+            "FROM df.instances i JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node "
+            "WHERE n.node_type = 'WAIT_SCHEDULE'",
+            (tick,),
+        ).fetchall()
+    ]
+    print(
+        f"timers   : {count} waits on one second fired with lag p50 {statistics.median(lags):.3f}"
+        f" s, p99 {pct(lags, 99):.3f} s, max {max(lags):.3f} s (min {min(lags):.3f} s)"
+    )
+
+
+def signal_latency(conn: Conn, waiters: list[str]) -> None:
+    """From the commit of df.signal to the start of the step after the wait."""
+    lags = []
+    for iid in waiters:
+        row = conn.execute("SELECT df.signal(%s, 'go'), clock_timestamp()", (iid,)).fetchone()
+        assert row is not None
+        sent = row[1]
+        deadline = time.monotonic() + 10
+        while True:
+            got = conn.execute(
+                "SELECT (n.result->'rows'->0->>'at')::timestamptz FROM df.instances i "
+                "JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node "
+                "WHERE i.id = %s AND i.status = 'completed'",
+                (iid,),
+            ).fetchone()
+            if got is not None:
+                lags.append((got[0] - sent).total_seconds())
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"instance {iid} did not complete after its signal")
+            time.sleep(0.001)
+    print(
+        f"signals  : df.signal → next step started p50 {1000 * statistics.median(lags):.1f} ms,"
+        f" p99 {1000 * pct(lags, 99):.1f} ms ({len(lags)} signals, sequential)"
+    )
+
+
+if __name__ == "__main__":
+    main()
