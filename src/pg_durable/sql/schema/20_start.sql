@@ -202,6 +202,15 @@ BEGIN
             IF has[1] OR has[2] THEN
                 RAISE EXCEPTION '% %: % nodes cannot have children', graph_err, path, kind;
             END IF;
+            IF kind = 'WAIT_SCHEDULE' THEN
+                IF jsonb_typeof(cfg->'cron_expr') IS DISTINCT FROM 'string' THEN
+                    RAISE EXCEPTION '% %: query in WAIT_SCHEDULE must be {"cron_expr":"<cron expression>"}', graph_err, path;
+                END IF;
+                err := df._cron_error(cfg->>'cron_expr');   -- 15_cron.sql
+                IF err IS NOT NULL THEN
+                    RAISE EXCEPTION '% %: %', graph_err, path, err;
+                END IF;
+            END IF;
         END CASE;
         a_types[idx] := kind;
         a_query[idx] := q;
