@@ -152,7 +152,8 @@ class Executor:
         self.loop_max_iterations = loop_max_iterations
         self.loop_min_interval = loop_min_interval
         self.sql = SqlSteps(runner, slow_seconds=batch_window)
-        self._instances: OrderedDict[str, LoadedInstance] = OrderedDict()
+        #: Instances by id, as loaded (or why they cannot run), least recently used first.
+        self._instances: OrderedDict[str, LoadedInstance | InstanceUnrunnable] = OrderedDict()
 
     # -- transactions ---------------------------------------------------------------------------
     async def run_batch(self, conns: Connections, rows: list[Row], *, go_on: bool) -> Batch:
@@ -280,6 +281,10 @@ class Executor:
         batched = len(rows) > 1
         runs: list[_Run] = []
         alone: list[Row] = []
+        await self._load(
+            conns.conn,
+            [str(r["instance_id"]) for r in rows if r["instance_status"] in ("pending", "running")],
+        )
         for row in rows:
             try:
                 run = await self._start(conns, row, known or {}, batched=batched)
@@ -364,7 +369,7 @@ class Executor:
             self.forget_instance(instance_id)
             return None
         try:
-            loaded = await self._load(conn, instance_id)
+            loaded = self._loaded_instance(instance_id)
         except InstanceUnrunnable as exc:
             logger.error("%s", exc, extra={"action": "instance_failed", "instance_id": instance_id})
             await conn.execute(
@@ -536,53 +541,64 @@ class Executor:
         ]
 
     # -- the instance's frozen graph ------------------------------------------------------------
-    async def _load(self, conn: AnyConn, instance_id: str) -> LoadedInstance:
-        cached = self._instances.get(instance_id)
-        if cached is not None:
-            self._instances.move_to_end(instance_id)
-            return cached
-        cur = await conn.execute(query("load_instance"), {"instance_id": instance_id})
-        row = await cur.fetchone()
-        if row is None:
-            raise InstanceUnrunnable(f"Instance {instance_id} not found")
-        if row["rolname"] is None:
-            raise InstanceUnrunnable(
-                f"Instance {instance_id}: submitted_by role no longer exists in pg_roles"
-            )
-        if row["rolsuper"] and str(row["superuser_setting"]).lower() not in (
-            "on",
-            "true",
-            "yes",
-            "1",
-        ):
-            raise InstanceUnrunnable(
-                f"pg_durable blocked instance {instance_id}: submitted_by role "
-                f'"{row["rolname"]}" is a superuser, but '
-                "pg_durable.enable_superuser_instances is off"
-            )
-        rows = [NodeRow(*n) for n in row["nodes"] or ()]
-        try:
-            graph = Graph.from_rows(instance_id, str(row["root_node"]), rows)
-        except GraphError as exc:
-            raise InstanceUnrunnable(
-                f"Invalid workflow graph for instance {instance_id}: {exc}"
-            ) from exc
-        if row["database"] is not None and not row["same_database"]:
-            raise InstanceUnrunnable(
-                f'Instance {instance_id}: its steps run in database "{row["database"]}", '
-                "and this version of the pg_durable worker runs steps only in the database it "
-                "serves"
-            )
-        variables = {str(k): str(v) for k, v in (row["vars"] or {}).items() if v is not None}
-        role = Role(int(row["role_oid"]), str(row["rolname"]), tuple(row["role_settings"]))
-        loaded = LoadedInstance(graph, role, variables, row["label"])
-        self._instances[instance_id] = loaded
-        if len(self._instances) > _GRAPH_CACHE_SIZE:
+    async def _load(self, conn: AnyConn, instance_ids: list[str]) -> None:
+        """Load into the cache the instances of ``instance_ids`` it does not hold, in one
+        query. An instance that cannot run is cached as the reason why."""
+        wanted = [i for i in dict.fromkeys(instance_ids) if i not in self._instances]
+        if not wanted:
+            return
+        cur = await conn.execute(query("load_instances"), {"instance_ids": wanted})
+        found = {str(row["id"]): row for row in await cur.fetchall()}
+        for instance_id in wanted:
+            row = found.get(instance_id)
+            try:
+                loaded: LoadedInstance | InstanceUnrunnable = _loaded(instance_id, row)
+            except InstanceUnrunnable as exc:
+                loaded = exc
+            self._instances[instance_id] = loaded
+        while len(self._instances) > _GRAPH_CACHE_SIZE:
             self._instances.popitem(last=False)
+
+    def _loaded_instance(self, instance_id: str) -> LoadedInstance:
+        """The cached instance (see _load); raises InstanceUnrunnable for one that cannot run."""
+        loaded = self._instances[instance_id]
+        self._instances.move_to_end(instance_id)
+        if isinstance(loaded, InstanceUnrunnable):
+            raise loaded
         return loaded
 
     def forget_instance(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)
+
+
+def _loaded(instance_id: str, row: Row | None) -> LoadedInstance:
+    """An instance as the worker runs it, from its load_instances row; raises
+    InstanceUnrunnable with the reason it cannot run."""
+    if row is None:
+        raise InstanceUnrunnable(f"Instance {instance_id} not found")
+    if row["rolname"] is None:
+        raise InstanceUnrunnable(
+            f"Instance {instance_id}: submitted_by role no longer exists in pg_roles"
+        )
+    if row["rolsuper"] and str(row["superuser_setting"]).lower() not in ("on", "true", "yes", "1"):
+        raise InstanceUnrunnable(
+            f"pg_durable blocked instance {instance_id}: submitted_by role "
+            f'"{row["rolname"]}" is a superuser, but pg_durable.enable_superuser_instances is off'
+        )
+    rows = [NodeRow(*n) for n in row["nodes"] or ()]
+    try:
+        graph = Graph.from_rows(instance_id, str(row["root_node"]), rows)
+    except GraphError as exc:
+        message = f"Invalid workflow graph for instance {instance_id}: {exc}"
+        raise InstanceUnrunnable(message) from exc
+    if row["database"] is not None and not row["same_database"]:
+        raise InstanceUnrunnable(
+            f'Instance {instance_id}: its steps run in database "{row["database"]}", and this '
+            "version of the pg_durable worker runs steps only in the database it serves"
+        )
+    variables = {str(k): str(v) for k, v in (row["vars"] or {}).items() if v is not None}
+    role = Role(int(row["role_oid"]), str(row["rolname"]), tuple(row["role_settings"]))
+    return LoadedInstance(graph, role, variables, row["label"])
 
 
 def _wait_until(fiber: Fiber, node_id: str) -> float | None:

@@ -54,10 +54,12 @@ UPDATE df._fibers
  WHERE scope = %(scope)s AND version = %(version)s AND status = 'ready'
 RETURNING version
 
--- name: load_instance
+-- name: load_instances
+-- Instances to run, with their graphs (a batch loads all it has not cached in one query).
 -- The role's own settings (ALTER ROLE … SET, also … IN DATABASE) apply to its steps as they
 -- would to a session of the role; the database's apply to the worker's connections already.
-SELECT i.root_node, i.label, i.database, i.database = current_database() AS same_database,
+SELECT i.id, i.root_node, i.label, i.database,
+       i.database = current_database() AS same_database,
        i.submitted_by::oid AS role_oid, r.rolname, r.rolsuper, s.vars,
        coalesce(current_setting('pg_durable.enable_superuser_instances', true), 'off')
            AS superuser_setting,
@@ -74,7 +76,7 @@ SELECT i.root_node, i.label, i.database, i.database = current_database() AS same
   FROM df.instances i
   LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
   LEFT JOIN df._instance_state s ON s.instance_id = i.id
- WHERE i.id = %(instance_id)s
+ WHERE i.id = ANY (%(instance_ids)s)
 
 -- name: children
 SELECT scope, branch, root_node, outcome, results

@@ -182,16 +182,19 @@ BEGIN
 END
 $$;
 
--- The plans of a batch that only move a fiber along — no new or finished fibers, no finished
--- instance; nearly all of them — written together: one statement per table for the whole
--- batch instead of one per plan. Hash and merge joins are off so that each row is found by
--- its primary key, whatever the planner guesses about the number of stamps.
+-- The plans of a batch that create no fibers and finish no child — nearly all of them: a
+-- fiber moves along, or a root fiber finishes its instance — written together: one statement
+-- per table for the whole batch instead of several per plan. Hash and merge joins are off so
+-- that each row is found by its primary key, whatever the planner guesses about the number of
+-- stamps.
 CREATE FUNCTION df._apply_moves(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     starting text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
                               WHERE (x->>'mark_running')::boolean);
+    finished text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
+                              WHERE jsonb_typeof(x->'instance') = 'object');
 BEGIN
     IF cardinality(starting) > 0 THEN
         UPDATE df.instances SET status = 'running', updated_at = now()
@@ -223,12 +226,40 @@ BEGIN
            version = f.version + 1,
            updated_at = now()
       FROM unnest(p_plans) x
-     WHERE f.scope = x->>'scope';
+     WHERE jsonb_typeof(x->'fiber') = 'object' AND f.scope = x->>'scope';
+    -- Finished children their parents consumed.
+    DELETE FROM df._fibers
+     WHERE scope IN (SELECT jsonb_array_elements_text(x->'deletes') FROM unnest(p_plans) x);
     -- Root loops report their iterations while they run (df.list_instances' execution_count).
     UPDATE df._instance_state s
        SET execution_count = (x->>'execution_count')::bigint
       FROM unnest(p_plans) x
      WHERE x ? 'execution_count' AND s.instance_id = x->>'instance_id';
+    IF cardinality(finished) = 0 THEN
+        RETURN;
+    END IF;
+    -- Finished instances. completed_at is when the instance completed, not when its last
+    -- transaction began (a batch's transaction can be older than its commit by the window).
+    UPDATE df.instances i
+       SET status = x->'instance'->>'status',
+           updated_at = now(),
+           completed_at = CASE WHEN x->'instance'->>'status' = 'completed'
+                               THEN clock_timestamp() END
+      FROM unnest(p_plans) x
+     WHERE jsonb_typeof(x->'instance') = 'object' AND i.id = x->>'instance_id'
+       AND i.status NOT IN ('completed', 'failed', 'cancelled');
+    UPDATE df._instance_state s
+       SET output = x->'instance'->>'output',
+           execution_count = (x->'instance'->>'execution_count')::bigint,
+           finished_at = now()
+      FROM unnest(p_plans) x
+     WHERE jsonb_typeof(x->'instance') = 'object' AND s.instance_id = x->>'instance_id';
+    -- Whatever is left of them (their root fibers; anything a stale step still holds goes
+    -- when that step finds itself stale), and signals nobody will wait for any more.
+    DELETE FROM df._fibers
+     WHERE scope IN (SELECT f.scope FROM df._fibers f WHERE f.instance_id = ANY (finished)
+                        FOR UPDATE SKIP LOCKED);
+    DELETE FROM df._signals WHERE instance_id = ANY (finished);
 END
 $$;
 
@@ -256,10 +287,9 @@ BEGIN
         END IF;
         IF v_stale THEN
             NULL;
-        ELSIF jsonb_typeof(p->'fiber') = 'object' AND p->'fiber'->>'status' <> 'done'
-              AND jsonb_typeof(p->'instance') IS DISTINCT FROM 'object'
-              AND jsonb_array_length(p->'spawns') = 0 AND jsonb_array_length(p->'deletes') = 0
-              AND jsonb_array_length(p->'cancel_scopes') = 0 THEN
+        ELSIF jsonb_array_length(p->'spawns') = 0 AND jsonb_array_length(p->'cancel_scopes') = 0
+              AND (p->'fiber'->>'status' IS DISTINCT FROM 'done'
+                   OR p->'fiber'->>'parent_scope' IS NULL) THEN
             moves := moves || p;
         ELSIF p->'fiber'->>'status' = 'done' AND p->'fiber'->>'parent_scope' IS NOT NULL THEN
             -- Only a finishing child can find its parent moved on while it committed (a
