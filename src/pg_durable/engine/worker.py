@@ -318,7 +318,11 @@ class Worker:
                 await conn.execute("BEGIN")
                 cur = await conn.execute(
                     query("claim"),
-                    {"batch_size": self.settings.batch_size, "slots": self.settings.concurrency},
+                    {
+                        "batch_size": self.settings.batch_size,
+                        "slots": self.settings.concurrency,
+                        "lane": slot.index,
+                    },
                 )
             rows = await cur.fetchall()
             if not rows:

@@ -6,10 +6,13 @@
 -- that a few runnable fibers (the branches of a JOIN) go to several slots and really run at
 -- once, while a long queue is worked off in batches. Counting stops where the answer would.
 -- backlog tells the worker whether there is more than it took (then another slot looks).
+-- With a long queue each slot takes from its own lane (a hash of the scope), so that slots
+-- do not all queue up for the same first rows and skip each other's locks one by one.
 WITH share AS (
     SELECT greatest(1, least(%(batch_size)s, count(*) / %(slots)s)) AS n, count(*) AS backlog
       FROM (SELECT 1 FROM df._fibers
              WHERE status = 'ready' AND run_at <= now()
+             ORDER BY run_at  -- by the index, not a scan through dead rows of past fibers
              LIMIT %(batch_size)s * %(slots)s) backlog
 )
 SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
@@ -19,6 +22,8 @@ SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.pa
   FROM df._fibers f
   JOIN df.instances i ON i.id = f.instance_id
  WHERE f.status = 'ready' AND f.run_at <= now()
+   AND ((SELECT backlog FROM share) < 4 * %(slots)s
+        OR mod(abs(hashtext(f.scope)::bigint), %(slots)s) = %(lane)s)
  ORDER BY f.run_at
  LIMIT (SELECT n FROM share)
    FOR UPDATE OF f SKIP LOCKED
@@ -37,14 +42,7 @@ SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.pa
 -- name: claim_continued
 -- The fibers the last commit left runnable at once, claimed again in the same round trip
 -- (pipelined after that COMMIT) so that their next steps follow without a new search.
-SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
-       f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
-       i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now
-  FROM df._fibers f
-  JOIN df.instances i ON i.id = f.instance_id
- WHERE f.scope = ANY (%(scopes)s) AND f.status = 'ready' AND f.run_at <= now()
- ORDER BY f.run_at
-   FOR UPDATE OF f SKIP LOCKED
+SELECT * FROM df._claim_fibers(%(scopes)s)
 
 -- name: lease_fiber
 -- Keep a fiber from being claimed while its autocommit statement runs outside any

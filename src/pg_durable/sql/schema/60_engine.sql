@@ -197,9 +197,14 @@ DECLARE
                               WHERE jsonb_typeof(x->'instance') = 'object');
 BEGIN
     IF cardinality(starting) > 0 THEN
-        UPDATE df.instances SET status = 'running', updated_at = now()
-         WHERE id = ANY (starting) AND status = 'pending';
-        UPDATE df._instance_state SET started_at = now() WHERE instance_id = ANY (starting);
+        -- Joined, not "id = ANY": a generic plan would rather scan idx_instances_status for
+        -- the thousands of pending instances.
+        UPDATE df.instances i SET status = 'running', updated_at = now()
+          FROM unnest(starting) s(id)
+         WHERE i.id = s.id AND i.status = 'pending';
+        UPDATE df._instance_state st SET started_at = now()
+          FROM unnest(starting) s(id)
+         WHERE st.instance_id = s.id;
     END IF;
     UPDATE df.nodes n
        SET status = st->>'status',
@@ -432,6 +437,32 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
+-- Claim the fibers of a list again, those still runnable and not held elsewhere (see the
+-- claim_continued query). One primary-key lookup each: as one query, a planner that believes
+-- few fibers are runnable (statistics lag behind a queue that fills fast) would rather read
+-- every runnable fiber through _fibers_ready.
+CREATE FUNCTION df._claim_fibers(p_scopes text[])
+RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
+               spawned_at_node varchar, parent_generation int, root_node varchar,
+               node_id varchar, generation int, results jsonb, state jsonb, first_done text,
+               version bigint, instance_status text, db_now float8)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted text;
+BEGIN
+    FOREACH wanted IN ARRAY p_scopes LOOP
+        RETURN QUERY
+        SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
+               f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
+               f.first_done, f.version, i.status, extract(epoch FROM now())::float8
+          FROM df._fibers f
+          JOIN df.instances i ON i.id = f.instance_id
+         WHERE f.scope = wanted AND f.status = 'ready' AND f.run_at <= now()
+           FOR UPDATE OF f SKIP LOCKED;
+    END LOOP;
+END
+$$;
+
 -- Fail an instance the worker cannot run (malformed hand-built graph, dropped role, refused
 -- superuser, internal error): the instance and its root node carry the reason.
 CREATE FUNCTION df._fail_instance(p_instance text, p_message text) RETURNS void
@@ -458,6 +489,7 @@ REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._role_settings(text[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._run_steps(jsonb, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._schedule_tick(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._fail_instance(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_insert() FROM PUBLIC;
