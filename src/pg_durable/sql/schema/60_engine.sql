@@ -463,6 +463,22 @@ BEGIN
 END
 $$;
 
+-- A cancelled instance (df.cancel) gives up, in the same transaction, everything that waits:
+-- its fibers — a timer due next week, a wait for a signal — and its inbox. A fiber a worker
+-- holds right now is skipped; that worker finds it stale when it commits, and the worker
+-- cancels its statement when it hears the NOTIFY df.cancel sends.
+CREATE FUNCTION df._on_instance_cancel() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM df._drop_fibers(NEW.id, NEW.id);
+    DELETE FROM df._signals WHERE instance_id = NEW.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER instances_cancelled AFTER UPDATE OF status ON df.instances
+    FOR EACH ROW WHEN (NEW.status = 'cancelled' AND OLD.status IS DISTINCT FROM 'cancelled')
+    EXECUTE FUNCTION df._on_instance_cancel();
+
 -- Fail an instance the worker cannot run (malformed hand-built graph, dropped role, refused
 -- superuser, internal error): the instance and its root node carry the reason.
 CREATE FUNCTION df._fail_instance(p_instance text, p_message text) RETURNS void
@@ -490,6 +506,7 @@ REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._role_settings(text[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._run_steps(jsonb, float8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._on_instance_cancel() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._schedule_tick(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._fail_instance(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_insert() FROM PUBLIC;
