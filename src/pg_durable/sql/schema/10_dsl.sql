@@ -5,21 +5,27 @@
 --
 -- The text is assembled by concatenation (jsonb would reorder keys). A child built here is
 -- embedded as it is; any other envelope is first re-serialised canonically, as serde would.
+--
+-- The functions that build envelopes are PL/pgSQL, also the one-liners: a SQL function with a
+-- SET clause is never inlined, and running one costs an executor start-up per call (~5 us),
+-- which made `a ~> b` cost ~50 us; a PL/pgSQL call costs about 1 us.
 
 -- An envelope from its parts. Children and extra_nodes are JSON texts, query/result_name plain.
 CREATE FUNCTION df._node(node_type text, left_node text DEFAULT NULL, right_node text DEFAULT NULL,
                          condition_node text DEFAULT NULL, extra_nodes text DEFAULT NULL,
                          query text DEFAULT NULL, result_name text DEFAULT NULL)
-RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT '{"node_type":' || to_json(node_type)::text
+BEGIN
+    RETURN '{"node_type":' || to_json(node_type)::text
         || coalesce(',"left_node":' || left_node, '')
         || coalesce(',"right_node":' || right_node, '')
         || coalesce(',"condition_node":' || condition_node, '')
         || coalesce(',"extra_nodes":' || extra_nodes, '')
         || coalesce(',"query":' || to_json(query)::text, '')
         || coalesce(',"result_name":' || to_json(result_name)::text, '')
-        || '}'
+        || '}';
+END
 $$;
 
 -- Helpers that are not workflow steps (df.setvar, df.unsetvar, df.clearvars,
@@ -31,6 +37,21 @@ CREATE FUNCTION df._mark_non_future_helper(helper text, result text) RETURNS voi
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT set_config('df.non_future_helper',
                       helper || '|' || result || '|' || statement_timestamp()::text, false);
+$$;
+
+-- `step` itself, unless it is the value such a helper returned earlier in this statement.
+CREATE FUNCTION df._refuse_helper_result(step text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    marker text := current_setting('df.non_future_helper', true);
+BEGIN
+    IF marker <> '' AND split_part(marker, '|', 2) = step
+       AND split_part(marker, '|', 3) = statement_timestamp()::text THEN
+        RAISE EXCEPTION '% cannot be used as a workflow step. Call % before df.start().',
+            split_part(marker, '|', 1), split_part(marker, '|', 1);
+    END IF;
+    RETURN step;
+END
 $$;
 
 -- serde's description of an unexpected JSON value, for deserialisation errors.
@@ -123,17 +144,22 @@ $$;
 -- Envelopes built here are canonical, so when one comes back as an argument it can be
 -- embedded as it is; re-serialising it would cost a walk of the whole subtree per operator,
 -- making a workflow built step by step (wf := wf ~> step, in a loop) quadratic. The
--- composers remember the 64-bit hashes of their last outputs in a session setting and
--- df._ensure trusts a text whose hash it finds there. A forged entry only lets its author
--- embed a non-canonical envelope in their own workflow, which df.start validates anyway.
+-- composers remember the 64-bit hashes of their last 16 outputs in a session setting (16 hex
+-- digits and a comma each, newest first) and df._ensure trusts a text whose hash it finds
+-- there. A forged entry only lets its author embed a non-canonical envelope in their own
+-- workflow, which df.start validates anyway.
 CREATE FUNCTION df._remember(fut text) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cache text;
 BEGIN
-    PERFORM set_config('df.envelope_cache',
-        array_to_string((ARRAY[hashtextextended(fut, 0)::text]
-                         || string_to_array(current_setting('df.envelope_cache', true), ' '))[1:16],
-                        ' '),
-        false);
+    -- An assignment, not PERFORM: PERFORM runs a query (an executor start-up) for nothing.
+    -- (The hash is spelled out here and in df._ensure: a function call would cost more.)
+    cache := set_config('df.envelope_cache',
+                        left(lpad(to_hex(hashtextextended(fut, 0)), 16, '0') || ','
+                             || coalesce(current_setting('df.envelope_cache', true), ''),
+                             17 * 16),
+                        false);
     RETURN fut;
 END
 $$;
@@ -145,12 +171,12 @@ $$;
 CREATE FUNCTION df._ensure(fut text) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    j      jsonb;
-    marker text;
+    j jsonb;
 BEGIN
     IF left(ltrim(fut, E' \t\r\n'), 1) = '{' THEN
-        IF hashtextextended(fut, 0)::text
-           = ANY (string_to_array(current_setting('df.envelope_cache', true), ' ')) THEN
+        -- (Entries are whole 16-digit groups between commas: a match is an entry.)
+        IF strpos(current_setting('df.envelope_cache', true),
+                  lpad(to_hex(hashtextextended(fut, 0)), 16, '0')) > 0 THEN
             RETURN fut;
         END IF;
         BEGIN
@@ -161,20 +187,16 @@ BEGIN
         END;
     END IF;
     IF j IS NULL OR jsonb_typeof(j) <> 'object' THEN
-        marker := current_setting('df.non_future_helper', true);
-        IF marker IS NOT NULL AND marker <> ''
-           AND split_part(marker, '|', 3) = statement_timestamp()::text
-           AND split_part(marker, '|', 2) = fut THEN
-            RAISE EXCEPTION '% cannot be used as a workflow step. Call % before df.start().',
-                split_part(marker, '|', 1), split_part(marker, '|', 1);
+        IF current_setting('df.non_future_helper', true) <> '' THEN
+            fut := df._refuse_helper_result(fut);
         END IF;
-        RETURN df._node('SQL', query => fut);
+        RETURN '{"node_type":"SQL","query":' || to_json(fut)::text || '}';
     END IF;
     IF jsonb_typeof(j->'node_type') IS DISTINCT FROM 'string'
        OR NOT (j->>'node_type') = ANY (ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
                                             'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART',
                                             'SIGNAL']) THEN
-        RETURN df._node('SQL', query => fut);
+        RETURN '{"node_type":"SQL","query":' || to_json(fut)::text || '}';
     END IF;
     RETURN df._canonical(j);
 END
@@ -200,13 +222,18 @@ $$;
 -- operation), and df._ensure traps invalid JSON in a subtransaction.
 
 CREATE FUNCTION df.sql(query text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('SQL', query => query)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN '{"node_type":"SQL","query":' || to_json(query)::text || '}';
+END
 $$;
 
 CREATE FUNCTION df.seq(a text, b text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._remember(df._node('THEN', df._ensure(a), df._ensure(b)))
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df._remember('{"node_type":"THEN","left_node":' || df._ensure(a)
+                        || ',"right_node":' || df._ensure(b) || '}');
+END
 $$;
 
 CREATE FUNCTION df."as"(fut text, name text) RETURNS text
@@ -229,66 +256,91 @@ BEGIN
     IF seconds < 0 THEN
         RAISE EXCEPTION 'Sleep duration must be non-negative';
     END IF;
-    RETURN df._node('SLEEP', query => seconds::text);
+    RETURN '{"node_type":"SLEEP","query":"' || seconds || '"}';
 END
 $$;
 
 CREATE FUNCTION df.loop(body text, condition text DEFAULT NULL) RETURNS text
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN body IS NOT NULL THEN
-        df._remember(df._node('LOOP', df._ensure(body),
-                              condition_node => CASE WHEN condition IS NOT NULL
-                                                     THEN df._ensure(condition) END))
-    END
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF body IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF condition IS NULL THEN
+        RETURN df._remember('{"node_type":"LOOP","left_node":' || df._ensure(body) || '}');
+    END IF;
+    RETURN df._remember('{"node_type":"LOOP","left_node":' || df._ensure(body)
+                        || ',"condition_node":' || df._ensure(condition) || '}');
+END
 $$;
 
 CREATE FUNCTION df."break"(value text DEFAULT NULL) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._node('BREAK', query => '{"break_value":' || coalesce(to_json(value)::text, 'null') || '}')
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df._node('BREAK', query => '{"break_value":' || coalesce(to_json(value)::text, 'null') || '}');
+END
 $$;
 
 CREATE FUNCTION df."if"(condition text, then_branch text, else_branch text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._remember(df._node('IF', df._ensure(then_branch), df._ensure(else_branch),
-                                 condition_node => df._ensure(condition)))
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df._remember('{"node_type":"IF","left_node":' || df._ensure(then_branch)
+                        || ',"right_node":' || df._ensure(else_branch)
+                        || ',"condition_node":' || df._ensure(condition) || '}');
+END
 $$;
 
 CREATE FUNCTION df.if_rows(result_name text, then_branch text, else_branch text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._remember(df._node('IF', df._ensure(then_branch), df._ensure(else_branch),
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df._remember(df._node('IF', df._ensure(then_branch), df._ensure(else_branch),
                                  query => '{"condition_type":"result_has_rows","result_name":'
-                                          || to_json(result_name)::text || '}'))
+                                          || to_json(result_name)::text || '}'));
+END
 $$;
 
 CREATE FUNCTION df."join"(a text, b text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._remember(df._node('JOIN', df._ensure(a), df._ensure(b)))
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df._remember('{"node_type":"JOIN","left_node":' || df._ensure(a)
+                        || ',"right_node":' || df._ensure(b) || '}');
+END
 $$;
 
 CREATE FUNCTION df.join3(a text, b text, c text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._remember(df._node('JOIN', df._ensure(a), df._ensure(b),
-                                 extra_nodes => '[' || df._ensure(c) || ']'))
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df._remember('{"node_type":"JOIN","left_node":' || df._ensure(a)
+                        || ',"right_node":' || df._ensure(b)
+                        || ',"extra_nodes":[' || df._ensure(c) || ']}');
+END
 $$;
 
 CREATE FUNCTION df.race(a text, b text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df._remember(df._node('RACE', df._ensure(a), df._ensure(b)))
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df._remember('{"node_type":"RACE","left_node":' || df._ensure(a)
+                        || ',"right_node":' || df._ensure(b) || '}');
+END
 $$;
 
 -- -------------------------------------------------------------------------------------------
 -- Operator support (SPEC §1.4).
 
 CREATE FUNCTION df.as_op(fut text, name text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df."as"(fut, name)
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df."as"(fut, name);
+END
 $$;
 
 -- `cond ?> then` keeps both operands as raw text until `!> else` completes the if.
 CREATE FUNCTION df.if_then_op(condition text, then_branch text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT '{"_partial_if":true,"condition":' || to_json(condition)::text
-        || ',"then_branch":' || to_json(then_branch)::text || '}'
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN '{"_partial_if":true,"condition":' || to_json(condition)::text
+        || ',"then_branch":' || to_json(then_branch)::text || '}';
+END
 $$;
 
 CREATE FUNCTION df.if_else_op(partial text, else_branch text) RETURNS text
@@ -309,8 +361,10 @@ END
 $$;
 
 CREATE FUNCTION df.loop_prefix_op(body text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT df.loop(body)
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN df.loop(body);
+END
 $$;
 
 -- The operators. pg_durable's extension schema is pg_catalog, so its operators work with any

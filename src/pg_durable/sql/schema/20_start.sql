@@ -247,12 +247,16 @@ CREATE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAUL
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    mode     text := lower(coalesce(transaction_mode, 'caller'));
+    mode     text;
     j        jsonb;
-    g        df._flat_graph;
+    g        df._flat_graph;   -- NULL for a lone node, given by kind, q and rname
+    kind     text;
+    q        text;
+    rname    text;
     me       record;
-    allowed  text;
-    n        int;
+    n        int := 1;
+    u        text;
+    seed     bigint;
     ids      text[];
     inst     text;
     tries    int := 0;
@@ -266,23 +270,26 @@ DECLARE
     left_ids  text[] := '{}';
     right_ids text[] := '{}';
 BEGIN
-    IF mode NOT IN ('caller', 'new') THEN
-        RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''',
-            transaction_mode;
-    END IF;
-    IF mode = 'new' THEN
-        IF current_setting('df.in_workflow', true) = 'true' THEN
-            RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' cannot be called inside a workflow - a df.sql() node already runs as a single autocommitted statement, so a plain df.start() there is already independent of any caller transaction';
+    IF transaction_mode IS DISTINCT FROM 'caller' THEN
+        mode := lower(coalesce(transaction_mode, 'caller'));
+        IF mode NOT IN ('caller', 'new') THEN
+            RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''',
+                transaction_mode;
         END IF;
-        RAISE EXCEPTION 'df.start(): transaction_mode => ''new'' is not available in this version; call df.start() in its own transaction instead'
-            USING ERRCODE = 'feature_not_supported';
+        IF mode = 'new' THEN
+            IF current_setting('df.in_workflow', true) = 'true' THEN
+                RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' cannot be called inside a workflow - a df.sql() node already runs as a single autocommitted statement, so a plain df.start() there is already independent of any caller transaction';
+            END IF;
+            RAISE EXCEPTION 'df.start(): transaction_mode => ''new'' is not available in this version; call df.start() in its own transaction instead'
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
     END IF;
     IF fut IS NULL THEN
         RAISE EXCEPTION 'df.start(): the workflow is NULL';
     END IF;
 
     -- An envelope (a JSON object with a node_type) is validated as a graph; any other text
-    -- is a single SQL step.
+    -- is a single SQL step, as df._ensure makes it.
     IF left(ltrim(fut, E' \t\r\n'), 1) = '{' THEN
         BEGIN
             j := fut::jsonb;
@@ -290,14 +297,42 @@ BEGIN
             j := NULL;
         END;
     END IF;
-    IF j IS NULL OR jsonb_typeof(j) <> 'object' OR NOT j ? 'node_type' THEN
-        j := df._ensure(fut)::jsonb;
+    IF j IS NULL OR jsonb_typeof(j) <> 'object' THEN
+        kind := 'SQL';
+        q := fut;
+        IF current_setting('df.non_future_helper', true) <> '' THEN
+            q := df._refuse_helper_result(fut);
+        END IF;
+    ELSIF NOT j ? 'node_type' THEN
+        kind := 'SQL';
+        q := fut;
+    ELSE
+        -- A lone SQL or SLEEP node that is plainly valid needs no graph walk (the common
+        -- df.start('SELECT …') and df.start(df.sleep(n))); anything else, and every error,
+        -- is df._flatten's.
+        kind := j->>'node_type';
+        q := j->>'query';
+        rname := j->>'result_name';
+        IF kind IN ('SQL', 'SLEEP')
+           AND jsonb_typeof(j->'query') = 'string'
+           AND coalesce(jsonb_typeof(j->'result_name'), 'null') IN ('null', 'string')
+           AND (rname IS NULL OR rname ~ '^[A-Za-z_][A-Za-z0-9_]*$')
+           AND NOT j ?| ARRAY['left_node', 'right_node', 'condition_node', 'extra_nodes']
+           AND (kind = 'SQL' OR q ~ '^\s*[0-9]{1,18}\s*$') THEN
+            IF kind = 'SLEEP' THEN
+                q := btrim(q)::bigint::text;
+            END IF;
+        ELSE
+            g := df._flatten(j);
+            n := array_length(g.node_types, 1);
+        END IF;
     END IF;
-    g := df._flatten(j);
 
-    IF database IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = database) THEN
-        RAISE EXCEPTION 'database "%" does not exist', database;
+    -- (Nested: an expression with a subquery runs as a query even when database is NULL.)
+    IF database IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = database) THEN
+            RAISE EXCEPTION 'database "%" does not exist', database;
+        END IF;
     END IF;
 
     SELECT r.rolname, r.rolcanlogin, r.rolsuper INTO me
@@ -306,31 +341,42 @@ BEGIN
         RAISE EXCEPTION 'current_user "%" does not have LOGIN privilege. The background worker must connect as this role to execute SQL. Grant LOGIN to this role or call df.start() as a role with LOGIN.',
             me.rolname;
     END IF;
-    allowed := lower(coalesce(current_setting('pg_durable.enable_superuser_instances', true), ''));
-    IF me.rolsuper AND allowed NOT IN ('on', 'true', 'yes', '1') THEN
+    IF me.rolsuper
+       AND lower(coalesce(current_setting('pg_durable.enable_superuser_instances', true), ''))
+           NOT IN ('on', 'true', 'yes', '1') THEN
         RAISE EXCEPTION 'pg_durable: superuser instances are disabled. current_user "%" is a superuser, but pg_durable.enable_superuser_instances is off. Set pg_durable.enable_superuser_instances = on to allow this.',
             me.rolname;
     END IF;
 
-    -- Node ids: random 8-hex, unique within the graph.
-    n := array_length(g.node_types, 1);
-    LOOP
-        ids := ARRAY(SELECT right(gen_random_uuid()::text, 8) FROM generate_series(1, n));
-        EXIT WHEN (SELECT count(DISTINCT x) FROM unnest(ids) x) = n;
+    -- Ids: 8 hex digits. One random UUID gives the instance id (its last 8 digits) and a seed
+    -- (its first 8) for the node ids: node i gets seed + i * 2654435761 (mod 2^32). That odd
+    -- multiplier is invertible mod 2^32, so distinct nodes get distinct ids by construction
+    -- and need no duplicate check.
+    u := gen_random_uuid()::text;
+    seed := ('x' || left(u, 8))::bit(32)::bigint;
+    FOR i IN 1 .. n LOOP
+        ids[i] := lpad(to_hex((seed + i * 2654435761) % 4294967296), 8, '0');
     END LOOP;
 
     -- The instance id: re-roll on collision (also with other roles' rows we cannot see).
     LOOP
         tries := tries + 1;
         INSERT INTO df.instances (id, label, root_node, submitted_by, database)
-        VALUES (right(gen_random_uuid()::text, 8), label, ids[1], me_regrole, database)
+        VALUES (right(u, 8), label, ids[1], me_regrole, database)
         ON CONFLICT (id) DO NOTHING
         RETURNING id INTO inst;
         EXIT WHEN inst IS NOT NULL;
         IF tries >= 10 THEN
             RAISE EXCEPTION 'failed to start durable function: could not allocate a unique instance id';
         END IF;
+        u := gen_random_uuid()::text;
     END LOOP;
+
+    IF g IS NULL THEN
+        INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, submitted_by, database)
+        VALUES (ids[1], inst, kind, q, rname, me_regrole, database);
+        RETURN inst;
+    END IF;
 
     -- Resolve child indexes to ids in PL/pgSQL, where local arrays are expanded and
     -- subscripts O(1); then insert all rows at once from the zipped arrays (subscripting
