@@ -34,6 +34,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -161,6 +162,7 @@ def main() -> None:
     args = parser.parse_args()
 
     server = None
+    tmp = None
     dsn = args.dsn
     if dsn is None:
         tmp = Path(tempfile.mkdtemp(prefix="pg-durable-bench-"))
@@ -187,6 +189,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+        if tmp is not None:  # a run leaves ~1 GB of tables behind
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(dsn: str, args: argparse.Namespace) -> None:
