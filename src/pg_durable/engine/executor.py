@@ -65,7 +65,9 @@ Row = dict[str, Any]
 AnyConn = psycopg.AsyncConnection[Any]
 #: Control-flow transitions allowed in one transaction besides the one user statement.
 _MAX_INLINE: Final = 64
-_GRAPH_CACHE_SIZE: Final = 2048
+#: Nodes of instance graphs the worker keeps in memory (about 0.5 KB each), so that a wake-up
+#: of a recently seen instance — a timer, a signal — does not load its graph again.
+_GRAPH_CACHE_NODES: Final = 50_000
 #: Seconds a fiber stays leased to the worker running its autocommit statement.
 AUTOCOMMIT_LEASE: Final = 3600
 #: Times a fiber's statement runs again (alone) before that counts as an internal error.
@@ -152,8 +154,10 @@ class Executor:
         self.loop_max_iterations = loop_max_iterations
         self.loop_min_interval = loop_min_interval
         self.sql = SqlSteps(runner, slow_seconds=batch_window)
-        #: Instances by id, as loaded (or why they cannot run), least recently used first.
+        #: Instances by id, as loaded (or why they cannot run), least recently used first, and
+        #: the number of graph nodes they hold.
         self._instances: OrderedDict[str, LoadedInstance | InstanceUnrunnable] = OrderedDict()
+        self._cached_nodes = 0
 
     # -- transactions ---------------------------------------------------------------------------
     async def run_batch(self, conns: Connections, rows: list[Row], *, go_on: bool) -> Batch:
@@ -556,8 +560,14 @@ class Executor:
             except InstanceUnrunnable as exc:
                 loaded = exc
             self._instances[instance_id] = loaded
-        while len(self._instances) > _GRAPH_CACHE_SIZE:
-            self._instances.popitem(last=False)
+            self._cached_nodes += _size(loaded)
+        # Least recently used first; never an instance of this batch.
+        batch = set(instance_ids)
+        while self._cached_nodes > _GRAPH_CACHE_NODES:
+            oldest = next(iter(self._instances))
+            if oldest in batch:
+                break
+            self._cached_nodes -= _size(self._instances.pop(oldest))
 
     def _loaded_instance(self, instance_id: str) -> LoadedInstance:
         """The cached instance (see _load); raises InstanceUnrunnable for one that cannot run."""
@@ -568,7 +578,14 @@ class Executor:
         return loaded
 
     def forget_instance(self, instance_id: str) -> None:
-        self._instances.pop(instance_id, None)
+        forgotten = self._instances.pop(instance_id, None)
+        if forgotten is not None:
+            self._cached_nodes -= _size(forgotten)
+
+
+def _size(loaded: LoadedInstance | InstanceUnrunnable) -> int:
+    """What an instance costs the graph cache: its nodes."""
+    return len(loaded.graph.nodes) if isinstance(loaded, LoadedInstance) else 1
 
 
 def _loaded(instance_id: str, row: Row | None) -> LoadedInstance:

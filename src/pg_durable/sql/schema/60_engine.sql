@@ -279,14 +279,18 @@ DECLARE
     v_notify boolean := false;
     v_stale  boolean;
     moves    jsonb[] := '{}';
+    -- Root fibers (or what were ones: a plan has no fiber when it finished its instance) are
+    -- locked by this transaction, so they are alive while their instances run: one look for
+    -- all of them.
+    running  text[] := ARRAY(SELECT i.id::text
+                               FROM jsonb_array_elements(p_plans) x
+                               JOIN df.instances i ON i.id = x->>'instance_id'
+                              WHERE x->'fiber'->>'parent_scope' IS NULL
+                                AND i.status IN ('pending', 'running'));
 BEGIN
     FOR p IN SELECT jsonb_array_elements(p_plans) LOOP
         IF p->'fiber'->>'parent_scope' IS NULL THEN
-            -- A root fiber (or what was one: its plan has no fiber when it finished): its row
-            -- is locked by this transaction, so it is alive while its instance runs.
-            v_stale := NOT EXISTS (SELECT 1 FROM df.instances
-                                    WHERE id = p->>'instance_id'
-                                      AND status IN ('pending', 'running'));
+            v_stale := NOT (p->>'instance_id') = ANY (running);
         ELSE
             v_stale := NOT df._fiber_alive(p->>'instance_id', p->>'scope');
         END IF;
