@@ -27,7 +27,7 @@ class Settings:
     #: Steps executed at once by this worker (one database connection each).
     concurrency: int = 10
     #: Runnable steps a connection claims and commits together in one transaction.
-    batch_size: int = 32
+    batch_size: int = 64
     #: Seconds after which a batch takes no more steps (how long a quick step's commit may
     #: wait for the steps batched with it).
     batch_window: float = 0.02
