@@ -304,3 +304,28 @@ def test_a_role_signals_its_own_instances_only(
         alice.execute("SELECT * FROM df._signals")
     assert signal(alice, iid, "go", "1") == "OK"
     assert wait_for(conn, iid) == "completed"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ('{"timeout_seconds": 5}', "Signal name cannot be empty"),
+        ('{"signal_name": ""}', "Signal name cannot be empty"),
+        ('{"signal_name": 7}', "Signal name cannot be empty"),
+        ('{"signal_name": "x", "timeout_seconds": 0}', "Timeout must be positive"),
+        ('{"signal_name": "x", "timeout_seconds": 1.5}', "Timeout must be positive"),
+        ('{"signal_name": "x", "timeout_seconds": "9"}', "Timeout must be positive"),
+    ],
+)
+def test_df_start_checks_a_hand_built_signal_node(conn: Conn, query: str, message: str) -> None:
+    envelope = json.dumps(
+        {
+            "node_type": "THEN",
+            "left_node": {"node_type": "SQL", "query": "SELECT 1"},
+            "right_node": {"node_type": "SIGNAL", "query": query},
+        }
+    )
+    with raises_exactly(
+        errors.RaiseException, f"Invalid durable function graph: root.right: {message}"
+    ):
+        conn.execute("SELECT df.start(%s)", (envelope,))

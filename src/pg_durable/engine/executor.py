@@ -394,9 +394,10 @@ class Executor:
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
             run.interp.start()
-            if fiber.parent_scope is None:
+            if fiber.parent_scope is None and node_at(run).type == "SQL":
                 # The instance reads `running`, and its first step too, from this commit on —
                 # not only once that step is done: its statement runs in the next transaction.
+                # (A first step that only waits — a timer, a signal — starts in this one.)
                 return run
         elif "iterate" in fiber.state:
             run.interp.iterate()
@@ -581,6 +582,11 @@ class Executor:
         forgotten = self._instances.pop(instance_id, None)
         if forgotten is not None:
             self._cached_nodes -= _size(forgotten)
+
+
+def node_at(run: _Run) -> Node:
+    """The node the fiber stands at."""
+    return run.loaded.graph.node(run.fiber.node_id)
 
 
 def _size(loaded: LoadedInstance | InstanceUnrunnable) -> int:

@@ -210,6 +210,18 @@ BEGIN
                 IF err IS NOT NULL THEN
                     RAISE EXCEPTION '% %: %', graph_err, path, err;
                 END IF;
+            ELSIF kind = 'SIGNAL' THEN
+                -- What df.wait_for_signal checks, for a hand-built node.
+                IF jsonb_typeof(cfg->'signal_name') IS DISTINCT FROM 'string'
+                   OR cfg->>'signal_name' = '' THEN
+                    RAISE EXCEPTION '% %: Signal name cannot be empty', graph_err, path;
+                END IF;
+                IF coalesce(jsonb_typeof(cfg->'timeout_seconds'), 'null') <> 'null'
+                   AND (jsonb_typeof(cfg->'timeout_seconds') <> 'number'
+                        OR (cfg->>'timeout_seconds') !~ '^[0-9]+$'
+                        OR (cfg->>'timeout_seconds')::numeric NOT BETWEEN 1 AND 2147483647) THEN
+                    RAISE EXCEPTION '% %: Timeout must be positive', graph_err, path;
+                END IF;
             END IF;
         END CASE;
         a_types[idx] := kind;
