@@ -106,6 +106,8 @@ class Batch:
     retries: list[Retry]
     released: int
     continued: list[Row] = field(default_factory=list)
+    #: New fibers it made runnable at once (JOIN and RACE branches): for other slots.
+    spawned: int = 0
 
 
 class InstanceUnrunnable(Exception):
@@ -171,6 +173,7 @@ class Executor:
             runs, alone, released = await self._advance(conns, rows)
             scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
             continued = await self._commit(conns.conn, [_plan_json(r) for r in runs], scopes)
+            spawned = sum(_due_now(f) for r in runs for f in r.plan.spawns)
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
             return Batch([], len(rows))
@@ -187,7 +190,7 @@ class Executor:
             await self._rollback(conns)
             logger.debug("batch of %d rolled back; running its fibers alone", len(rows))
             return Batch([Retry.of(row) for row in rows], 0)
-        return Batch([Retry.of(row) for row in alone], released, continued)
+        return Batch([Retry.of(row) for row in alone], released, continued, spawned)
 
     async def run_single(
         self, conns: Connections, row: Row, known: dict[str, Outcome] | None = None

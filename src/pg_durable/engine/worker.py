@@ -16,9 +16,11 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg.rows import dict_row
@@ -36,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "pg_durable"
 _SWEEP_INTERVAL = 30.0
+#: Notifications of new work per second above which a slot lets a small batch gather first.
+_BUSY_RATE = 200
+_SMALL_BATCH = 8
 # Session settings of every worker connection: results are rendered in UTC/ISO, and df.*
 # guards know they run inside a workflow. RESET ALL after each step returns to these.
 _STEP_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c df.in_workflow=true"
@@ -47,6 +52,11 @@ class Slot:
     conns: Connections | None = None
     #: The instance of the fiber this slot runs alone right now (see _internal_error).
     instance_id: str | None = None
+    #: When the batch this slot works on began (monotonic clock); None while it idles.
+    batch_started: float | None = None
+    #: Waiting for work (in _idle); set again by whoever wakes it through ``wake``.
+    idle: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
 
@@ -64,12 +74,13 @@ class Worker:
         )
         self._slots = [Slot(i) for i in range(settings.concurrency)]
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Condition()
         self._control: AConn | None = None
         self._ddl: AConn | None = None
         self._control_lock = asyncio.Lock()
         self._ddl_lock = asyncio.Lock()
         self._side_tasks: list[asyncio.Task[None]] = []
+        #: When the notifications of new work of the last second arrived (see _busy).
+        self._arrivals: deque[float] = deque()
         self.started = asyncio.Event()
 
     @property
@@ -164,8 +175,7 @@ class Worker:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        async with self._wake:
-            self._wake.notify_all()
+        self._wake_slots()
         slot_tasks = [s.task for s in self._slots if s.task is not None]
         _done, pending = (
             await asyncio.wait(slot_tasks, timeout=self.settings.shutdown_grace)
@@ -222,12 +232,11 @@ class Worker:
         try:
             await conn.execute(f"LISTEN {CHANNEL}")
             # Anything committed while we were not listening: look once.
-            await self._notify_slots()
+            self._wake_slots()
             async for note in conn.notifies():
                 payload = note.payload
                 if payload == "work":
-                    # One slot looks; if it finds work, it wakes the next (_run_available).
-                    await self._notify_slots(1)
+                    self._on_work()
                 elif payload.startswith("cancel:"):
                     await self._cancel_running(_in_instance(payload[len("cancel:") :]))
                 elif payload.startswith("cancel-scope:"):
@@ -250,13 +259,43 @@ class Worker:
                 await conn.execute(query("sweep_signals"))
             await self._sleep_or_stop(_SWEEP_INTERVAL)
 
-    async def _notify_slots(self, count: int | None = None) -> None:
+    def _on_work(self) -> None:
+        """New work was committed somewhere: one slot looks (and, if it finds some, it wakes
+        the next — _run_available)."""
+        self._arrivals.append(time.monotonic())
+        if not self._about_to_look():
+            self._wake_slots(1)
+
+    def _busy(self) -> bool:
+        """Whether new work arrives faster than a transaction per arrival keeps up with
+        (more than _BUSY_RATE notifications in the last second)."""
+        now = time.monotonic()
+        while self._arrivals and self._arrivals[0] < now - 1.0:
+            self._arrivals.popleft()
+        return len(self._arrivals) >= _BUSY_RATE
+
+    def _about_to_look(self) -> bool:
+        """Whether a slot began a batch less than a batch window ago: it claims again as soon
+        as that batch commits, and takes new work with it — a batch rather than a transaction
+        per notification. (A slot busy for longer, with a slow statement, say, does not
+        count: then another slot wakes.)"""
+        recent = time.monotonic() - self.settings.batch_window
+        return any(s.batch_started is not None and s.batch_started > recent for s in self._slots)
+
+    def _wake_slots(self, count: int | None = None) -> None:
         """Wake ``count`` idle slots (all of them by default)."""
-        async with self._wake:
-            if count is None:
-                self._wake.notify_all()
-            else:
-                self._wake.notify(count)
+        for slot in self._slots:
+            if count is not None and count <= 0:
+                return
+            if slot.idle:
+                slot.idle = False
+                slot.wake.set()
+                if count is not None:
+                    count -= 1
+
+    def _awake(self) -> int:
+        """Slots at work or woken to look for work: the ones the backlog is shared among."""
+        return sum(not s.idle for s in self._slots)
 
     async def _cancel_running(self, match: Callable[[tuple[str, str]], bool]) -> None:
         """Cancel the statements running for the (instance, scope) pairs that ``match``."""
@@ -308,11 +347,12 @@ class Worker:
                 await self._internal_error(slot, exc)
             finally:
                 slot.instance_id = None
+                slot.batch_started = None
 
     async def _run_available(self, slot: Slot, conns: Connections) -> bool:
         """Claim and run batches until nothing is runnable; False if nothing was found."""
         conn = conns.conn
-        found = False
+        found = gathered = False
         while not self._stopping.is_set():
             async with conn.pipeline():  # one round trip
                 await conn.execute("BEGIN")
@@ -320,27 +360,41 @@ class Worker:
                     query("claim"),
                     {
                         "batch_size": self.settings.batch_size,
-                        "slots": self.settings.concurrency,
-                        "lane": slot.index,
+                        "slots": max(1, self._awake()),
+                        "lane": slot.index % max(1, self._awake()),
                     },
                 )
             rows = await cur.fetchall()
             if not rows:
                 await conn.execute("ROLLBACK")
+                slot.batch_started = None
                 return found
+            if len(rows) < _SMALL_BATCH and not gathered and self._busy():
+                # Work trickles in faster than a transaction each keeps up with: let it
+                # gather for a batch window and take it all in one batch.
+                await conn.execute("ROLLBACK")
+                await self._sleep_or_stop(self.settings.batch_window)
+                gathered = True
+                continue
+            gathered = False
             found = True
+            slot.batch_started = time.monotonic()
             if rows[0]["backlog"] > len(rows):
                 # There is more: one more slot looks (and, if it finds some, the next).
-                await self._notify_slots(1)
+                self._wake_slots(1)
             batch = await self.executor.run_batch(conns, [dict(r) for r in rows], go_on=True)
+            # Branches that became runnable together run on slots of their own, at once.
+            self._wake_slots(batch.spawned)
             # Carry on with the fibers the batch left runnable, while nothing else needs doing.
             while batch.continued:
                 if self._stopping.is_set() or batch.retries or batch.released:
                     await conn.execute("ROLLBACK")  # release them
                     break
+                slot.batch_started = time.monotonic()
                 batch = await self.executor.run_batch(conns, batch.continued, go_on=True)
+                self._wake_slots(batch.spawned)
             if batch.released:
-                await self._notify_slots(1)
+                self._wake_slots(1)
             for retry in batch.retries:
                 await conn.execute("BEGIN")
                 cur = await conn.execute(
@@ -366,9 +420,13 @@ class Worker:
             timeout = max(0.0, min(timeout, float(due)))
         if timeout <= 0:
             return
-        async with self._wake:
+        slot.idle = True
+        try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(slot.wake.wait(), timeout)
+        finally:
+            slot.idle = False
+            slot.wake.clear()
 
     async def _internal_error(self, slot: Slot, exc: Exception) -> None:
         instance_id = slot.instance_id
