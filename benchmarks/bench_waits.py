@@ -10,9 +10,10 @@ in a temporary directory. Measured in one run against one database, with one
   clients as start the instances — what PostgreSQL itself does for one small write;
 * ``df.start`` rate for ``--instances`` instances, half ``df.sleep(7200)`` and half
   ``df.wait_for_signal('go') ~> 'SELECT clock_timestamp()'``, from 4 client connections with
-  one start per transaction;
+  one start per transaction: for the first tenth while no worker runs (df.start on its own),
+  for the rest while the worker takes each new instance to its wait (on the same machine);
 * the worker while they all wait: CPU used over 10 s (it should be ~0: no per-instance
-  polling) and its resident memory, beside the same figures with a tenth of the instances;
+  polling) and its resident memory, with a tenth and with all of the instances waiting;
 * timer lag: ``--burst`` more instances whose ``df.wait_for_schedule`` falls on the same
   second; lag = completion − the tick, p50/p99/max;
 * signal latency: for 200 of the waiting instances, from the commit of ``df.signal`` to the
@@ -177,6 +178,13 @@ def run(dsn: str, args: argparse.Namespace) -> None:
     )
     ceiling = insert_ceiling(dsn, CLIENTS, 5.0)
     print(f"ceiling  : {ceiling:8.0f} single-row INSERT transactions/s ({CLIENTS} psycopg clients)")
+    # df.start on its own: the first tenth, while no worker runs.
+    tenth = args.instances // 10
+    alone = start_instances(dsn, [SLEEPER if i % 2 else WAITER for i in range(tenth)])
+    print(
+        f"starts   : {alone:8.0f} df.start/s with no worker running "
+        f"({alone / ceiling:.0%} of the ceiling)"
+    )
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -192,21 +200,27 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         ]
     )
     try:
-        time.sleep(2)
-        tenth = args.instances // 10
-        waiters: list[str] = []
-        for count in (tenth, args.instances - tenth):
-            dsls = [SLEEPER if i % 2 else WAITER for i in range(count)]
-            rate = start_instances(dsn, dsls)
-            total = conn.execute("SELECT count(*) FROM df.instances").fetchone()
-            assert total is not None
-            all_waiting(conn, total[0])
-            cpu, rss = idle_cpu(worker.pid)
-            print(
-                f"waiting  : {total[0]:7d} instances started at {rate:6.0f} df.start/s "
-                f"({rate / ceiling:.0%} of the ceiling); worker while they wait: "
-                f"{cpu / 10:.3f} CPU s per s, RSS {rss / 2**20:.0f} MiB"
-            )
+        all_waiting(conn, tenth)
+        cpu, rss = idle_cpu(worker.pid)
+        print(
+            f"waiting  : {tenth:7d} instances; worker while they wait: {cpu / 10:.3f} CPU s "
+            f"per s, RSS {rss / 2**20:.0f} MiB"
+        )
+        # The rest while the worker serves them: every new instance is one more transaction
+        # of the worker's on the same machine.
+        served = start_instances(
+            dsn, [SLEEPER if i % 2 else WAITER for i in range(args.instances - tenth)]
+        )
+        print(
+            f"starts   : {served:8.0f} df.start/s while the worker serves them "
+            f"({served / ceiling:.0%} of the ceiling)"
+        )
+        all_waiting(conn, args.instances)
+        cpu, rss = idle_cpu(worker.pid)
+        print(
+            f"waiting  : {args.instances:7d} instances; worker while they wait: {cpu / 10:.3f} "
+            f"CPU s per s, RSS {rss / 2**20:.0f} MiB"
+        )
         waiters = [
             r[0]
             for r in conn.execute(
