@@ -254,6 +254,30 @@ BEGIN
 END
 $$;
 
+-- Whether the config of a lone SIGNAL or WAIT_SCHEDULE node is one df.wait_for_signal or
+-- df.wait_for_schedule would build (df.start's fast path; df._flatten judges the rest).
+CREATE FUNCTION df._plain_wait_config(kind text, q text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg jsonb;
+BEGIN
+    cfg := q::jsonb;
+    IF jsonb_typeof(cfg) <> 'object' THEN
+        RETURN false;
+    END IF;
+    IF kind = 'SIGNAL' THEN
+        RETURN jsonb_typeof(cfg->'signal_name') = 'string' AND cfg->>'signal_name' <> ''
+           AND (coalesce(jsonb_typeof(cfg->'timeout_seconds'), 'null') = 'null'
+                OR (cfg->>'timeout_seconds' ~ '^[0-9]{1,10}$'
+                    AND (cfg->>'timeout_seconds')::bigint BETWEEN 1 AND 2147483647));
+    END IF;
+    RETURN jsonb_typeof(cfg->'cron_expr') = 'string'
+       AND df._cron_error(cfg->>'cron_expr') IS NULL;
+EXCEPTION WHEN invalid_text_representation THEN
+    RETURN false;
+END
+$$;
+
 CREATE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAULT NULL,
                          transaction_mode text DEFAULT 'caller')
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY INVOKER
@@ -319,18 +343,20 @@ BEGIN
         kind := 'SQL';
         q := fut;
     ELSE
-        -- A lone SQL or SLEEP node that is plainly valid needs no graph walk (the common
-        -- df.start('SELECT …') and df.start(df.sleep(n))); anything else, and every error,
-        -- is df._flatten's.
+        -- A lone SQL, SLEEP, SIGNAL or WAIT_SCHEDULE node that is plainly valid needs no
+        -- graph walk (the common df.start('SELECT …'), df.start(df.sleep(n)),
+        -- df.start(df.wait_for_signal(…))); anything else, and every error, is df._flatten's.
         kind := j->>'node_type';
         q := j->>'query';
         rname := j->>'result_name';
-        IF kind IN ('SQL', 'SLEEP')
+        IF kind IN ('SQL', 'SLEEP', 'SIGNAL', 'WAIT_SCHEDULE')
            AND jsonb_typeof(j->'query') = 'string'
            AND coalesce(jsonb_typeof(j->'result_name'), 'null') IN ('null', 'string')
            AND (rname IS NULL OR rname ~ '^[A-Za-z_][A-Za-z0-9_]*$')
            AND NOT j ?| ARRAY['left_node', 'right_node', 'condition_node', 'extra_nodes']
-           AND (kind = 'SQL' OR q ~ '^\s*[0-9]{1,18}\s*$') THEN
+           AND (CASE kind WHEN 'SQL' THEN true
+                          WHEN 'SLEEP' THEN q ~ '^\s*[0-9]{1,18}\s*$'
+                          ELSE df._plain_wait_config(kind, q) END) THEN
             IF kind = 'SLEEP' THEN
                 q := btrim(q)::bigint::text;
             END IF;
