@@ -67,7 +67,7 @@ AnyConn = psycopg.AsyncConnection[Any]
 _MAX_INLINE: Final = 64
 #: Nodes of instance graphs the worker keeps in memory (about 0.5 KB each), so that a wake-up
 #: of a recently seen instance — a timer, a signal — does not load its graph again.
-_GRAPH_CACHE_NODES: Final = 50_000
+_GRAPH_CACHE_NODES: Final = 20_000
 #: Seconds a fiber stays leased to the worker running its autocommit statement.
 AUTOCOMMIT_LEASE: Final = 3600
 #: Times a fiber's statement runs again (alone) before that counts as an internal error.

@@ -259,11 +259,10 @@ BEGIN
            finished_at = now()
       FROM unnest(p_plans) x
      WHERE jsonb_typeof(x->'instance') = 'object' AND s.instance_id = x->>'instance_id';
-    -- Whatever is left of them (their root fibers; anything a stale step still holds goes
-    -- when that step finds itself stale), and signals nobody will wait for any more.
-    DELETE FROM df._fibers
-     WHERE scope IN (SELECT f.scope FROM df._fibers f WHERE f.instance_id = ANY (finished)
-                        FOR UPDATE SKIP LOCKED);
+    -- Their root fibers (a root fiber's scope is its instance id); any other fiber still
+    -- left goes when it is next claimed or swept (its instance no longer runs). And signals
+    -- nobody will wait for any more.
+    DELETE FROM df._fibers WHERE scope = ANY (finished);
     DELETE FROM df._signals WHERE instance_id = ANY (finished);
 END
 $$;
