@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -354,25 +355,18 @@ class Worker:
         conn = conns.conn
         found = gathered = False
         while not self._stopping.is_set():
-            async with conn.pipeline():  # one round trip
-                await conn.execute("BEGIN")
-                cur = await conn.execute(
-                    query("claim"),
-                    {
-                        "batch_size": self.settings.batch_size,
-                        "slots": max(1, self._awake()),
-                        "lane": slot.index % max(1, self._awake()),
-                    },
-                )
-            rows = await cur.fetchall()
+            awake = [s for s in self._slots if not s.idle]
+            lane = next(i for i, s in enumerate(awake) if s is slot)
+            rows = await self._claim(conn, len(awake), lane)
+            if not rows and len(awake) > 1:
+                rows = await self._claim(conn, len(awake), 0, lanes=1)  # its lane was empty
             if not rows:
-                await conn.execute("ROLLBACK")
                 slot.batch_started = None
                 return found
             if len(rows) < _SMALL_BATCH and not gathered and self._busy():
                 # Work trickles in faster than a transaction each keeps up with: let it
                 # gather for a batch window and take it all in one batch.
-                await conn.execute("ROLLBACK")
+                await conn.execute("ROLLBACK")  # (releases them)
                 await self._sleep_or_stop(self.settings.batch_window)
                 gathered = True
                 continue
@@ -409,6 +403,28 @@ class Worker:
                 await self.executor.run_single(conns, dict(row))
                 slot.instance_id = None
         return found
+
+    async def _claim(
+        self, conn: AConn, awake: int, lane: int, lanes: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Begin a transaction and claim this slot's share of the runnable fibers: the
+        backlog divided among the ``awake`` slots; from a long queue, those of its ``lane``
+        (one per awake slot). No fibers: no transaction."""
+        async with conn.pipeline():  # one round trip
+            await conn.execute("BEGIN")
+            cur = await conn.execute(
+                query("claim"),
+                {
+                    "batch_size": self.settings.batch_size,
+                    "slots": awake,
+                    "lanes": awake if lanes is None else lanes,
+                    "lane": lane,
+                },
+            )
+        rows = await cur.fetchall()
+        if not rows:
+            await conn.execute("ROLLBACK")
+        return rows
 
     async def _idle(self, slot: Slot) -> None:
         assert slot.conns is not None

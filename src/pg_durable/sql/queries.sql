@@ -22,8 +22,8 @@ SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.pa
   FROM df._fibers f
   JOIN df.instances i ON i.id = f.instance_id
  WHERE f.status = 'ready' AND f.run_at <= now()
-   AND ((SELECT backlog FROM share) < 4 * %(slots)s
-        OR mod(abs(hashtext(f.scope)::bigint), %(slots)s) = %(lane)s)
+   AND (%(lanes)s = 1 OR (SELECT backlog FROM share) < 4 * %(lanes)s
+        OR mod(abs(hashtext(f.scope)::bigint), %(lanes)s) = %(lane)s)
  ORDER BY f.run_at
  LIMIT (SELECT n FROM share)
    FOR UPDATE OF f SKIP LOCKED
