@@ -464,7 +464,8 @@ def test_rowset_of_something_else(text: str, mode: Mode) -> None:
         ("'; DROP TABLE x; --", "'''; DROP TABLE x; --'"),
         ("O'Reilly", "'O''Reilly'"),
         ("''", "''''''"),
-        ("a\\b\\'", "'a\\b\\'''"),
+        # With a backslash: E'…', safe also where standard_conforming_strings is off.
+        ("a\\b\\'", "E'a\\\\b\\\\'''"),
         ("$$; DROP TABLE x; $$", "'$$; DROP TABLE x; $$'"),
         ("$r $r.v {v}", "'$r $r.v {v}'"),
         ("x\n-- comment\n'; SELECT 1", "'x\n-- comment\n''; SELECT 1'"),
@@ -479,12 +480,31 @@ def test_hostile_values_become_one_literal(value: str, literal: str) -> None:
     assert sub("$r", results=results, mode="raw") == value
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("WHERE 1 = 1-$r.v OR false", "WHERE 1 = 1- -1 OR false"),
+        ("SELECT @$r", "SELECT @ -1"),
+        ("SELECT $r, ($r), -$r.w", "SELECT -1, (-1), -2.5"),
+        ("SELECT 1-$r.w", "SELECT 1-2.5"),
+    ],
+)
+def test_a_negative_number_never_joins_the_operator_before_it(text: str, expected: str) -> None:
+    # "--" would start a comment that swallows the rest of the line.
+    results = {"r": '{"rows":[{"v":-1,"w":2.5}],"row_count":1}'}
+    assert sub(text, results=results) == expected
+
+
 def test_errors_are_pg_durable_errors() -> None:
     assert issubclass(SubstitutionError, PgDurableError)
 
 
 def parse_literal(text: str) -> str:
-    """The value of exactly one standard SQL string literal spanning all of ``text``."""
+    """The value of exactly one SQL string literal spanning all of ``text``: a standard one,
+    or E'…' with every backslash doubled (only for a value with a backslash)."""
+    if text.startswith("E'"):
+        assert "\\" in text, text
+        return parse_literal(text[1:]).replace("\\\\", "\\")
     assert text.startswith("'"), text
     out: list[str] = []
     pos = 1

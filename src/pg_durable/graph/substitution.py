@@ -25,6 +25,8 @@ MAX_ROWSET_ROWS: Final = 10_000
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NULL: Final = "NULL"
+#: The characters PostgreSQL operators are made of.
+_OPERATOR: Final = frozenset("+-*/<>=~!@#%^&|`?")
 
 
 class _Raw(str):
@@ -112,6 +114,10 @@ class _Results:
                 pos = at + 1
             else:
                 value, pos = replaced
+                if self.mode == "sql" and value.startswith("-") and text[at - 1 : at] in _OPERATOR:
+                    # 1-$x with x = -1 must not read 1--1: "--" starts a comment that would
+                    # swallow the rest of the line (… OR v = 'nope'), and "@-" is one operator.
+                    value = " " + value
                 out.append(value)
 
     def _reference(self, text: str, at: int) -> tuple[str, int] | None:
@@ -286,8 +292,14 @@ def _dumps(value: object) -> str:
 
 
 def _quote(text: str) -> str:
-    """A SQL string literal (standard_conforming_strings = on)."""
-    return "'" + text.replace("'", "''") + "'"
+    """A SQL string literal whatever standard_conforming_strings says. A role's own settings
+    apply to its steps, and with it off a backslash inside '…' escapes the quote after it
+    (the value \\' OR true -- would end its literal): a text with a backslash is written
+    E'…' with its backslashes doubled, as quote_literal() does."""
+    literal = "'" + text.replace("'", "''") + "'"
+    if "\\" in text:
+        return "E" + literal.replace("\\", "\\\\")
+    return literal
 
 
 def _ident(name: str) -> str:
