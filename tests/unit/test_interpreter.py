@@ -6,6 +6,7 @@ import json
 
 from pg_durable.graph.interpreter import (
     BREAK_OUTSIDE_LOOP,
+    MAX_SLEEP_DELAY,
     ChildResult,
     Context,
     Failed,
@@ -297,3 +298,11 @@ def test_sleep_waits_for_its_seconds() -> None:
     f = root_fiber(g)
     step(g, f)[0].start()
     assert (f.node_id, f.delay) == ("00000001", 30.0)
+
+
+def test_a_sleep_beyond_any_timestamp_waits_a_thousand_years() -> None:
+    # df.sleep takes any bigint; a timer past what a timestamptz holds could never be written.
+    g = make([node("00000001", "SLEEP", query=str(2**63 - 1))], "00000001")
+    f = root_fiber(g)
+    step(g, f)[0].start()
+    assert f.delay == MAX_SLEEP_DELAY == 1000 * 365.25 * 86400

@@ -482,3 +482,17 @@ def test_invalid_result_name(name: str) -> None:
 
 def test_a_malformed_unreachable_row_still_fails_the_graph() -> None:
     rejects([sql(ROOT), row("stray", "NOPE")], "node stray has unknown node_type 'NOPE'")
+
+
+def test_signal_timeout_beyond_an_int() -> None:
+    # (What df.wait_for_signal takes; a deadline past any timestamptz could never be written.)
+    rejects(
+        [row(ROOT, "SIGNAL", '{"signal_name":"s","timeout_seconds":2147483648}')],
+        r"\(SIGNAL\): timeout_seconds must be a positive integer \(at most 2147483647\)",
+    )
+    make([row(ROOT, "SIGNAL", '{"signal_name":"s","timeout_seconds":2147483647}')])
+
+
+def test_a_config_nested_deeper_than_python_reads_fails_the_graph() -> None:
+    query = '{"break_value":null,"x":' + "[" * 5000 + "]" * 5000 + "}"
+    rejects([row(ROOT, "BREAK", query)], r"\(BREAK\): query is JSON nested too deeply")

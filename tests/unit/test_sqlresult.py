@@ -270,3 +270,9 @@ def test_the_first_unsupported_column_is_reported() -> None:
 )
 def test_display_type_name(typname: str, shown: str) -> None:
     assert display_type_name(typname) == shown
+
+
+def test_a_json_value_nested_deeper_than_python_reads_fails_the_step() -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(StepError, match="nested too deeply"):
+        build_result([Column("v", sr.JSONB)], ['{"v":' + deep + "}"])

@@ -538,3 +538,9 @@ def test_any_whole_text_result_is_exactly_one_literal(value: str) -> None:
     if isinstance(parsed, dict) and "rows" in parsed:
         return
     assert parse_literal(sub("$x", results={"x": value})) == value
+
+
+def test_a_result_nested_deeper_than_python_reads_fails_the_node() -> None:
+    deep = '{"rows":[{"v":' + "[" * 5000 + "]" * 5000 + '}],"row_count":1}'
+    with pytest.raises(SubstitutionError, match="nested too deeply"):
+        sub("SELECT $r.v", results={"r": deep})

@@ -257,3 +257,9 @@ def test_break_values_are_always_strict_json(raw: str | None) -> None:
         assert value is None
     elif out != raw.strip():
         assert value == raw
+
+
+def test_json_nested_deeper_than_python_reads() -> None:
+    deep = "[" * 5000 + "]" * 5000
+    assert is_truthy(deep) is True
+    assert break_value_json(deep) == json.dumps(deep)

@@ -23,6 +23,10 @@ BREAK_OUTSIDE_LOOP: Final = (
     "df.break() was called outside of a loop. df.break() may only be used inside df.loop()."
 )
 LOST_RACE: Final = "Loop branch cancelled after losing RACE"
+#: The longest a SLEEP really waits. df.sleep takes any bigint, but a timer far beyond this is
+#: beyond what a timestamptz can hold (9223372036854775807 seconds would fail every commit of
+#: the step); a thousand years is forever to any workflow, and a cancel still ends it.
+MAX_SLEEP_DELAY: Final = 1000 * 365.25 * 86400
 #: Runnable leaves: the worker performs them; everything else is control flow decided here.
 STEP_TYPES: Final = frozenset({"SQL", "SLEEP", "WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"})
 
@@ -205,7 +209,8 @@ class Interpreter:
         node = self.graph.node(node_id)
         self._stamp(node_id, "running")
         if node.type in STEP_TYPES:
-            self._stand_at(node_id, delay=float(node.seconds) if node.type == "SLEEP" else 0.0)
+            delay = min(float(node.seconds), MAX_SLEEP_DELAY) if node.type == "SLEEP" else 0.0
+            self._stand_at(node_id, delay=delay)
         elif node.type == "BREAK":
             try:
                 raw = None
@@ -249,7 +254,7 @@ class Interpreter:
             return
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested too deeply to be a SQL result)
             value = None
         count = value.get("row_count") if isinstance(value, dict) else None
         if not isinstance(count, int) or isinstance(count, bool):

@@ -28,6 +28,8 @@ MAX_DEPTH: Final = 256
 MAX_NODES: Final = 10_000
 #: Largest SLEEP duration: df.sleep takes a bigint.
 MAX_SLEEP_SECONDS: Final = 2**63 - 1
+#: Largest SIGNAL timeout: df.wait_for_signal takes an int.
+MAX_SIGNAL_TIMEOUT: Final = 2**31 - 1
 
 _RESULT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _SECONDS = re.compile(r"\s*(-?)[0-9]+\s*", re.ASCII)
@@ -156,6 +158,10 @@ def _config(row: NodeRow) -> Mapping[str, object]:
         value = json.loads(row.query or "", parse_constant=_reject_constant)
     except ValueError as exc:
         raise GraphError(f"node {row.id} ({row.node_type}): query must be JSON config") from exc
+    except RecursionError:  # (a hand-built row: the worker must not fail on every claim)
+        raise GraphError(
+            f"node {row.id} ({row.node_type}): query is JSON nested too deeply"
+        ) from None
     if not isinstance(value, dict):
         raise GraphError(f"node {row.id} ({row.node_type}): query must be a JSON config object")
     return value
@@ -193,11 +199,16 @@ def _leaf(base: Node, row: NodeRow, config: Mapping[str, object]) -> Node:
         return replace(base, cron=_required_str(row, config, "cron_expr"))
     if row.node_type == "SIGNAL":
         timeout = config.get("timeout_seconds")
+        # (At most what df.wait_for_signal takes, an int: a deadline past what a timestamptz
+        # holds would fail every commit of the step.)
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int)
+            or not 0 < timeout <= MAX_SIGNAL_TIMEOUT
         ):
             raise GraphError(
-                f"node {row.id} (SIGNAL): timeout_seconds must be a positive integer or null"
+                f"node {row.id} (SIGNAL): timeout_seconds must be a positive integer "
+                f"(at most {MAX_SIGNAL_TIMEOUT}) or null"
             )
         return replace(base, signal=_required_str(row, config, "signal_name"), timeout=timeout)
     _required_str(row, config, "url")  # HTTP, HTTP_MULTIPART

@@ -118,6 +118,17 @@ def build_result(columns: Sequence[Column], rows: Sequence[str]) -> str:
     column names would make keys ambiguous). A duplicate column name keeps the position of its
     first occurrence and the value of its last, as inserting into a JSON map does.
     """
+    try:
+        return _build(columns, rows)
+    except RecursionError:
+        # A json/jsonb value nested deeper than Python reads (PostgreSQL allows thousands of
+        # levels): the step fails, rather than the worker each time it runs the step again.
+        raise StepError(
+            "The result of the statement holds a JSON value nested too deeply to be a step result."
+        ) from None
+
+
+def _build(columns: Sequence[Column], rows: Sequence[str]) -> str:
     out = []
     for text in rows:
         pairs: _Pairs = json.loads(text, object_pairs_hook=_Pairs, parse_float=_Raw, parse_int=_Raw)

@@ -87,7 +87,13 @@ def substitute(
     if "{" in text:
         text = _VARIABLE.sub(variable, text)
     if "$" in text and results:
-        text = _Results(results, mode).expand(text)
+        try:
+            text = _Results(results, mode).expand(text)
+        except RecursionError:
+            # (A result nested deeper than Python reads: fail the node, not the worker.)
+            raise SubstitutionError(
+                "a result referenced here is JSON nested too deeply to substitute"
+            ) from None
     return text
 
 

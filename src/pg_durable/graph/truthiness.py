@@ -45,6 +45,9 @@ def is_truthy(result: str) -> bool:
         value = _parse_json(result)
     except ValueError:
         return _string_truth(result)
+    except RecursionError:
+        # JSON nested deeper than Python parses: not a SQL result, a non-empty value.
+        return True
     if isinstance(value, _Pairs):
         rows = dict(value).get("rows")
         if isinstance(rows, list):
@@ -96,6 +99,7 @@ def break_value_json(raw: str | None) -> str:
         # A lone surrogate escape ("\ud800") parses here but is not valid JSON elsewhere
         # (serde_json and PostgreSQL's jsonb reject it).
         json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except (ValueError, UnicodeEncodeError):
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        # (Nested deeper than Python parses, it cannot be checked: it is kept as a string.)
         return json.dumps(raw, ensure_ascii=False)
     return raw.strip()
