@@ -323,6 +323,15 @@ BEGIN
     IF fut IS NULL THEN
         RAISE EXCEPTION 'df.start(): the workflow is NULL';
     END IF;
+    -- Before anything parses it: a graph this large would be held several times over here
+    -- (text, jsonb, rows of df.nodes) and by every worker that loads it.
+    IF octet_length(fut) > coalesce(nullif(current_setting('pg_durable.max_graph_bytes', true), '')::bigint,
+                                    16777216) THEN
+        RAISE EXCEPTION 'df.start(): the workflow is % bytes, more than pg_durable.max_graph_bytes (%); build it from fewer or smaller steps (keep bulk data in tables, not in statement text), or raise the setting',
+            octet_length(fut),
+            coalesce(nullif(current_setting('pg_durable.max_graph_bytes', true), ''), '16777216')
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
 
     -- An envelope (a JSON object with a node_type) is validated as a graph; any other text
     -- is a single SQL step, as df._ensure makes it.

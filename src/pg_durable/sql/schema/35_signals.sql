@@ -10,6 +10,13 @@
 -- takes it before it looks for waiting fibers, and a worker takes it before it looks into the
 -- inbox for a fiber and records that the fiber waits. So either the worker sees the signal,
 -- or the signal sees the waiting fiber and wakes it — never neither.
+--
+-- Limits, so that one sender can neither blow up the workers that deliver its signals nor fill
+-- the inbox without end: a signal name has at most 256 characters; a payload at most
+-- pg_durable.max_signal_bytes (default 1 MiB: a signal carries a decision or a small document,
+-- and its payload is copied to each waiting branch and becomes the SIGNAL node's result); an
+-- instance holds at most 10,000 signals not yet received (its workflow must consume some
+-- before more can be sent).
 
 CREATE FUNCTION df.wait_for_signal(name text, timeout_seconds int DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -17,12 +24,24 @@ BEGIN
     IF name IS NULL OR name = '' THEN
         RAISE EXCEPTION 'Signal name cannot be empty';
     END IF;
+    PERFORM df._check_signal_name(name);
     IF timeout_seconds IS NOT NULL AND timeout_seconds <= 0 THEN
         RAISE EXCEPTION 'Timeout must be positive';
     END IF;
     RETURN df._node('SIGNAL', query => '{"signal_name":' || to_json(name)::text
                                       || ',"timeout_seconds":'
                                       || coalesce(timeout_seconds::text, 'null') || '}');
+END
+$$;
+
+-- A signal name longer than 256 characters is refused (by df.wait_for_signal and df.signal).
+CREATE FUNCTION df._check_signal_name(p_name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF length(p_name) > 256 THEN
+        RAISE EXCEPTION 'Signal name is too long (% characters); the limit is 256', length(p_name)
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
 END
 $$;
 
@@ -50,6 +69,13 @@ DECLARE
     waiting text[];
 BEGIN
     PERFORM df._signal_lock(NEW.instance_id);
+    -- Counted under the lock, so concurrent senders cannot both slip under the limit.
+    IF (SELECT count(*) FROM (SELECT 1 FROM df._signals s WHERE s.instance_id = NEW.instance_id
+                               LIMIT 10001) q) > 10000 THEN
+        RAISE EXCEPTION 'Instance % already holds 10000 signals not yet received, pg_durable''s limit per instance; its workflow must consume some (df.wait_for_signal) before more can be sent',
+            NEW.instance_id
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
     waiting := ARRAY(SELECT f.scope FROM df._fibers f
                       WHERE f.instance_id = NEW.instance_id AND f.awaiting = NEW.name
                       ORDER BY f.scope);
@@ -78,12 +104,21 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_status text;
     v_data   jsonb;
+    v_max    bigint := coalesce(nullif(current_setting('pg_durable.max_signal_bytes', true), '')::bigint,
+                                1048576);
 BEGIN
     IF instance_id = '' THEN
         RAISE EXCEPTION 'Instance ID cannot be empty';
     END IF;
     IF signal_name = '' THEN
         RAISE EXCEPTION 'Signal name cannot be empty';
+    END IF;
+    PERFORM df._check_signal_name(signal_name);
+    -- Before the payload is parsed: parsing is what would hold it several times over.
+    IF octet_length(signal_data) > v_max THEN
+        RAISE EXCEPTION 'Signal data is % bytes, more than pg_durable.max_signal_bytes (%); send a smaller payload (for example the key of a row that holds the data), or raise the setting',
+            octet_length(signal_data), v_max
+            USING ERRCODE = 'program_limit_exceeded';
     END IF;
     -- Through row-level security: another role's instance does not exist for the caller.
     SELECT i.status INTO v_status FROM df.instances i WHERE i.id = signal.instance_id;
