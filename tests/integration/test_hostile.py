@@ -1163,7 +1163,8 @@ def test_a_step_result_nested_too_deeply_fails_its_step(roles: Roles, worker: Wo
     strict=True,
     reason="executor.py _wait_for_signal / queries.sql take_signal: psycopg parses the "
     "signal's jsonb data with Python's json (RecursionError past ~1000 levels; df.signal "
-    "accepts ~10,000): the worker retries forever and stalls the other instances",
+    "accepts ~10,000): a one-fiber batch is retried forever (the instance stays running), "
+    "in a larger batch it fails as an internal error",
 )
 def test_a_signal_payload_nested_too_deeply_stalls_nothing(
     roles: Roles, worker: WorkerThread
@@ -1175,4 +1176,19 @@ def test_a_signal_payload_nested_too_deeply_stalls_nothing(
     ok = start(u.conn, "'SELECT 1'")
     time.sleep(4)
     assert one(u.conn, "SELECT df.status(%s)", (ok,)) == "completed"
+    # (Taken in a batch with other fibers, it may fail — as an internal error of the worker.)
     assert one(u.conn, "SELECT df.status(%s)", (iid,)) in ("completed", "failed")
+    assert "internal error" not in str(output_of_role(u, iid))
+
+
+def test_an_error_that_cuts_a_character_in_two_is_still_text(roles: Roles) -> None:
+    """PostgreSQL's lexer names an unexpected character by its first byte: df.explain's
+    report of such an expression must still be text a client can decode."""
+    u = user(roles, "utf")
+    explained = one(u.conn, "SELECT df.explain(%s)", ("~> 0\x80",))
+    assert explained.startswith("Failed to evaluate expression: ")
+    assert "\\302" in explained
+    # (A message that is valid text stays as it is.)
+    assert one(u.conn, "SELECT df.explain(%s)", ("df.nope('é')",)) == (
+        "Failed to evaluate expression: function df.nope(unknown) does not exist"
+    )

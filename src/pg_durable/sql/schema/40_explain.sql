@@ -398,6 +398,22 @@ EXCEPTION
 END
 $$;
 
+-- An error message as text the client can read. PostgreSQL's lexer reports an unexpected
+-- character by its first byte (`SELECT 0<U+0080>` fails 'syntax error at or near "\xc2"'),
+-- so the message of an expression that failed to evaluate can hold an invalid UTF-8 sequence,
+-- which no client decodes. Such bytes are shown escaped (\302), as encode(…, 'escape') does.
+CREATE FUNCTION df._explain_valid_text(t text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('server_encoding') <> 'UTF8' THEN
+        RETURN t;
+    END IF;
+    RETURN convert_from(textsend(t), 'UTF8');   -- (it checks the bytes)
+EXCEPTION WHEN character_not_in_repertoire THEN
+    RETURN encode(textsend(t), 'escape');
+END
+$$;
+
 -- df.explain(input) (SPEC §2.15). Classification, in this order:
 --   1. 8 hex characters (after trimming whitespace; either case) → live view of that instance;
 --   2. a JSON object → dry run of the envelope (or a hint when it is not one);
@@ -451,7 +467,7 @@ BEGIN
             EXECUTE 'SELECT ' || input INTO v;
             PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
         EXCEPTION WHEN OTHERS THEN
-            RETURN 'Failed to evaluate expression: ' || SQLERRM;
+            RETURN 'Failed to evaluate expression: ' || df._explain_valid_text(SQLERRM);
         END;
         IF v IS NULL THEN
             RETURN 'Failed to evaluate expression: the expression returned NULL';
