@@ -142,3 +142,53 @@ def write_extension_files(target: Path) -> list[Path]:
         '\\echo Use "CREATE EXTENSION pg_durable" to load this file. \\quit\n' + install_script()
     )
     return [control, script]
+
+
+def setup_new_transaction_mode(dsn: str) -> str:
+    """Set up ``df.start(…, transaction_mode => 'new')`` in the database at ``dsn`` when the
+    connected role can (dblink available, and a superuser — or CREATEROLE once a superuser put
+    dblink in schema df_dblink); returns one line saying what was done, or why not.
+
+    Never fails the install: everything but the 'new' mode works without it, and a superuser
+    can set it up later with ``SELECT df.enable_new_transaction_mode();``.
+    """
+    later = "a superuser can enable it later with SELECT df.enable_new_transaction_mode();"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT r.rolsuper, r.rolcreaterole,"
+                " EXISTS (SELECT 1 FROM pg_available_extensions x WHERE x.name = 'dblink'),"
+                " (SELECT n.nspname FROM pg_extension e"
+                "   JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'dblink')"
+                " FROM pg_roles r WHERE r.rolname = current_user"
+            ).fetchone()
+            assert row is not None
+            superuser, createrole, available, dblink_schema = row
+            enabled = conn.execute(
+                "SELECT l.role_name FROM df._loopback l"
+                " WHERE EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = l.role_name)"
+            ).fetchone()
+            if enabled is not None:
+                done = f"transaction_mode => 'new' is enabled (loopback role {enabled[0]})"
+            elif not available:
+                return (
+                    "transaction_mode => 'new' not enabled: this PostgreSQL server has no "
+                    "dblink extension (it ships with PostgreSQL's contrib modules); " + later
+                )
+            elif not (superuser or (createrole and dblink_schema == "df_dblink")):
+                return (
+                    "transaction_mode => 'new' not enabled: setting it up needs a superuser "
+                    "(or CREATEROLE once dblink is installed in schema df_dblink); " + later
+                )
+            else:
+                got = conn.execute("SELECT df.enable_new_transaction_mode()").fetchone()
+                assert got is not None
+                done = str(got[0])
+            problem = conn.execute("SELECT df._loopback_probe()").fetchone()
+    except psycopg.Error as exc:
+        logger.debug("setting up transaction_mode => 'new' failed", exc_info=True)
+        reason = exc.diag.message_primary or str(exc)
+        return f"transaction_mode => 'new' not enabled: {reason}; {later}"
+    if problem is not None and problem[0] is not None:
+        return f"{done}, but its loopback connection fails: {problem[0]}"
+    return done

@@ -248,12 +248,21 @@ CATALOG_QUERIES: dict[str, str] = {
 }
 
 
+_LOOPBACK_ROLE = re.compile(r"df_loopback_[0-9a-f]{8}")
+
+
 def catalog_snapshot(dsn: str) -> dict[str, list[tuple[object, ...]]]:
     """Every object a df install creates, as sorted rows of comparable text per kind."""
     snapshot: dict[str, list[tuple[object, ...]]] = {}
     with psycopg.connect(dsn) as conn:
         for kind, sql in CATALOG_QUERIES.items():
-            rows = conn.execute(sql.encode()).fetchall()
+            rows = [
+                # Each setup of transaction_mode => 'new' names its loopback role anew.
+                tuple(
+                    _LOOPBACK_ROLE.sub("df_loopback_*", v) if isinstance(v, str) else v for v in row
+                )
+                for row in conn.execute(sql.encode()).fetchall()
+            ]
             snapshot[kind] = sorted(rows, key=repr)
         meta = conn.execute("SELECT to_regclass('df._meta') IS NOT NULL").fetchone()
         if meta is not None and meta[0]:
@@ -318,6 +327,11 @@ def test_create_extension_matches_script_install(index: int) -> None:
                 assert row == (schema.SCHEMA_VERSION,)
             proc = run_cli("install", "--dsn", server.dsn("by_script"))
             assert proc.returncode == 0, proc.stderr
+            if "transaction_mode => 'new' enabled" in proc.stdout:
+                # What `pg-durable install` adds where it can (dblink, as a superuser), CREATE
+                # EXTENSION users add with this function.
+                with psycopg.connect(server.dsn("by_extension"), autocommit=True) as conn:
+                    conn.execute("SELECT df.enable_new_transaction_mode()")
             by_extension = catalog_snapshot(server.dsn("by_extension"))
             by_script = catalog_snapshot(server.dsn("by_script"))
             assert by_extension["functions"] or by_extension["relations"]

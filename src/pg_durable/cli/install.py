@@ -17,6 +17,7 @@ def install_command(args: argparse.Namespace) -> int:
     if not dsn:
         raise ConfigurationError("no database given: pass --dsn or set PG_DURABLE_DSN")
     print(schema.install(dsn))
+    print(schema.setup_new_transaction_mode(dsn))
     return 0
 
 
@@ -52,7 +53,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Install or upgrade the df schema by running its SQL script in one transaction. "
             "Idempotent and safe to rerun; needs no superuser and no file access on the "
-            "server, so it works on managed PostgreSQL. The connecting role owns the schema."
+            "server, so it works on managed PostgreSQL. The connecting role owns the schema. "
+            "When the role may (a superuser, on a server with the dblink extension), it also "
+            "sets up df.start(..., transaction_mode => 'new') and says so; otherwise it says "
+            "why not."
         ),
     )
     install.add_argument(

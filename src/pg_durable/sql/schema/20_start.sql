@@ -2,7 +2,8 @@
 -- the df.instances row — all in the caller's transaction and through RLS as the caller
 -- (SECURITY INVOKER), so a rolled-back start leaves nothing, and column grants limit what a
 -- role may write. The AFTER INSERT trigger on df.instances (00_tables.sql) adds the engine's
--- state and wakes the workers at commit.
+-- state and wakes the workers at commit. With transaction_mode => 'new' the same start runs
+-- in a transaction of its own, on a loopback connection (25_new_transaction.sql).
 
 -- The graph as parallel arrays, in pre-order (node, left subtree, right subtree, condition
 -- subtree, extra subtrees); children are referenced by their index in these arrays.
@@ -278,12 +279,17 @@ EXCEPTION WHEN invalid_text_representation THEN
 END
 $$;
 
-CREATE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAULT NULL,
-                         transaction_mode text DEFAULT 'caller')
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY INVOKER
-SET search_path = pg_catalog, pg_temp AS $$
+-- The start itself, for df.start below. `submitter` NULL: the caller (current_user) submits,
+-- and everything runs as the caller. Otherwise the owner of schema df starts the instance for
+-- that role: df._start_on_behalf (25_new_transaction.sql), after its checks, runs as the owner;
+-- nobody else may name another role (RLS would refuse the rows anyway).
+-- No SET search_path here, on purpose: both callers set it (df.start, df._start_on_behalf),
+-- and a second SET clause costs every df.start several microseconds (a GUC change on entry
+-- and exit, and a fresh search path for every statement after each). Called directly, it
+-- runs as the caller with the caller's own search path, so it can only mislead the caller.
+CREATE FUNCTION df._start(fut text, label text, database text, submitter regrole)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY INVOKER AS $$
 DECLARE
-    mode     text;
     j        jsonb;
     g        df._flat_graph;   -- NULL for a lone node, given by kind, q and rname
     kind     text;
@@ -296,7 +302,7 @@ DECLARE
     ids      text[];
     inst     text;
     tries    int := 0;
-    me_regrole regrole := quote_ident(current_user)::regrole;
+    me_regrole regrole := coalesce(submitter, quote_ident(current_user)::regrole);
     types    text[];
     queries  text[];
     lefts    int[];
@@ -306,19 +312,11 @@ DECLARE
     left_ids  text[] := '{}';
     right_ids text[] := '{}';
 BEGIN
-    IF transaction_mode IS DISTINCT FROM 'caller' THEN
-        mode := lower(coalesce(transaction_mode, 'caller'));
-        IF mode NOT IN ('caller', 'new') THEN
-            RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''',
-                transaction_mode;
-        END IF;
-        IF mode = 'new' THEN
-            IF current_setting('df.in_workflow', true) = 'true' THEN
-                RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' cannot be called inside a workflow - a df.sql() node already runs as a single autocommitted statement, so a plain df.start() there is already independent of any caller transaction';
-            END IF;
-            RAISE EXCEPTION 'df.start(): transaction_mode => ''new'' is not available in this version; call df.start() in its own transaction instead'
-                USING ERRCODE = 'feature_not_supported';
-        END IF;
+    IF submitter IS NOT NULL
+       AND submitter::oid <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)
+       AND NOT pg_has_role((SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = 'df'), 'USAGE') THEN
+        RAISE EXCEPTION 'df._start(): only the owner of schema df may start an instance for another role'
+            USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF fut IS NULL THEN
         RAISE EXCEPTION 'df.start(): the workflow is NULL';
@@ -383,7 +381,7 @@ BEGIN
     END IF;
 
     SELECT r.rolname, r.rolcanlogin, r.rolsuper INTO me
-      FROM pg_roles r WHERE r.rolname = current_user;
+      FROM pg_roles r WHERE r.oid = me_regrole::oid;
     IF NOT me.rolcanlogin THEN
         RAISE EXCEPTION 'current_user "%" does not have LOGIN privilege. The background worker must connect as this role to execute SQL. Grant LOGIN to this role or call df.start() as a role with LOGIN.',
             me.rolname;
@@ -450,5 +448,36 @@ BEGIN
       FROM unnest(ids, types, queries, g.result_names, left_ids, right_ids)
            AS t(id, node_type, query, result_name, left_node, right_node);
     RETURN inst;
+END
+$$;
+
+-- df.start (SPEC §2.2): the transaction mode, then the start — in the caller's transaction, or
+-- with transaction_mode => 'new' in one of its own (df._start_new, 25_new_transaction.sql).
+CREATE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAULT NULL,
+                         transaction_mode text DEFAULT 'caller')
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mode text;
+BEGIN
+    IF transaction_mode IS DISTINCT FROM 'caller' THEN
+        mode := lower(coalesce(transaction_mode, 'caller'));
+        IF mode NOT IN ('caller', 'new') THEN
+            RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''',
+                transaction_mode;
+        END IF;
+        IF mode = 'new' THEN
+            IF current_setting('df.in_workflow', true) = 'true' THEN
+                RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' cannot be called inside a workflow - a df.sql() node already runs as a single autocommitted statement, so a plain df.start() there is already independent of any caller transaction';
+            END IF;
+            IF fut IS NULL THEN   -- (no need for a connection to say so)
+                RAISE EXCEPTION 'df.start(): the workflow is NULL';
+            END IF;
+            -- The effective role submits, as in caller mode (SET ROLE and SECURITY DEFINER
+            -- wrappers included); df._start_new checks the session may act as it.
+            RETURN df._start_new(fut, label, database, quote_ident(current_user)::regrole);
+        END IF;
+    END IF;
+    RETURN df._start(fut, label, database, NULL);
 END
 $$;
