@@ -18,6 +18,16 @@ from pg_durable.errors import ConfigurationError
 LogFormat = Literal["text", "json"]
 ENV_PREFIX = "PG_DURABLE_"
 
+#: Largest result one SQL step may return, in bytes of its rows' JSON. 16 MiB holds any result
+#: a workflow can reasonably pass on (``$name.*`` expands at most 10,000 rows: 1.6 KiB each),
+#: while a batch's results — up to twice this, see ``engine/identity.py`` — and their parsed
+#: form in the worker stay in the tens of megabytes per slot.
+DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: Largest number of rows one SQL step may return. The bytes cap alone would let through over
+#: two million tiny rows, and the worker holds every row as Python objects (some hundreds of
+#: bytes each) while it shapes the result; 100,000 rows is ten times what ``$name.*`` expands.
+DEFAULT_MAX_RESULT_ROWS = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -35,6 +45,10 @@ class Settings:
     loop_max_iterations: int = 100_000
     #: Seconds an iteration of a loop takes at least (pg_durable: 1).
     loop_min_interval: float = 1.0
+    #: Bytes (of its rows' JSON) a SQL step's result may hold; a larger one fails the step.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    #: Rows a SQL step's result may hold; more fail the step.
+    max_result_rows: int = DEFAULT_MAX_RESULT_ROWS
     #: Seconds between polls for work when no NOTIFY arrives (NOTIFY is a hint, not the truth).
     poll_interval: float = 1.0
     #: Seconds between heartbeats written to df._workers.
@@ -80,6 +94,9 @@ class Settings:
             )
         if self.loop_min_interval < 0:
             raise ConfigurationError("loop_min_interval cannot be negative")
+        for name in ("max_result_bytes", "max_result_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("poll_interval", "heartbeat_interval", "reconnect_max_backoff"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive (got {getattr(self, name)})")

@@ -1192,3 +1192,30 @@ def test_an_error_that_cuts_a_character_in_two_is_still_text(roles: Roles) -> No
     assert one(u.conn, "SELECT df.explain(%s)", ("df.nope('é')",)) == (
         "Failed to evaluate expression: function df.nope(unknown) does not exist"
     )
+
+
+def test_gigantic_graphs_built_with_the_dsl_get_the_spec_texts(roles: Roles) -> None:
+    """SPEC §2.1's limits, reached through the operators rather than hand-written JSON (the
+    DSL does not check them; df.start does, with the exact texts)."""
+    u = user(roles, "big")
+    build = (
+        "DO $$ DECLARE wf text := 'SELECT 0'; BEGIN "
+        "FOR i IN 1 .. {n} LOOP wf := {grow}; END LOOP; PERFORM df.start(wf); END $$"
+    )
+    # Doubled 13 times: 16,383 nodes, 13 levels deep; 12 times: 8,191.
+    with pytest.raises(errors.RaiseException) as caught:
+        u.conn.execute(build.format(n=13, grow="wf & wf"))
+    assert caught.value.diag.message_primary == (
+        "Workflow exceeds maximum node count of 10000. Split it into several workflows "
+        "(for example, one instance per batch)."
+    )
+    u.conn.execute(build.format(n=12, grow="wf & wf"))
+    # A step inside 257 loops is 257 edges below the root.
+    with pytest.raises(errors.RaiseException) as caught:
+        u.conn.execute(build.format(n=257, grow="@> wf"))
+    assert caught.value.diag.message_primary == (
+        "Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into "
+        "multiple instances."
+    )
+    u.conn.execute(build.format(n=256, grow="@> wf"))
+    assert one(u.conn, "SELECT count(*) FROM df.instances") == 2

@@ -32,6 +32,8 @@ _HELP = {
     "batch_window": "seconds after which a batch takes no more steps",
     "loop_max_iterations": "iterations a loop may run before it fails",
     "loop_min_interval": "seconds an iteration of a loop takes at least",
+    "max_result_bytes": "bytes a SQL step's result may hold (its rows as JSON); more fail the step",
+    "max_result_rows": "rows a SQL step's result may hold; more fail the step",
     "poll_interval": "seconds between polls for work when no NOTIFY arrives",
     "heartbeat_interval": "seconds between heartbeats written to df._workers",
     "shutdown_grace": "seconds a graceful stop waits for in-flight steps before cancelling",

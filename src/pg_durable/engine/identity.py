@@ -1,11 +1,12 @@
 """Running a step as the role that submitted it, inescapably.
 
-Each submitting role gets one function ``df_exec.step_<role oid>(sql, returns_rows)``: SECURITY
-DEFINER, owned by that role, in a schema no other role may use. Inside a security-definer
-function PostgreSQL refuses ``SET ROLE``, ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` and
-``set_config('role', …)`` — also in anything the statement calls — so the step has exactly the
-privileges of its submitter and cannot leave them. The worker needs no password of the role and
-no ``trust`` in pg_hba.conf.
+Each submitting role gets one function
+``df_exec.step_<role oid>(sql, returns_rows, max_bytes, max_rows)``: SECURITY DEFINER, owned by
+that role, in a schema no other role may use. Inside a security-definer function PostgreSQL
+refuses ``SET ROLE``, ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` and ``set_config('role', …)``
+— also in anything the statement calls — so the step has exactly the privileges of its
+submitter and cannot leave them. The worker needs no password of the role and no ``trust`` in
+pg_hba.conf.
 
 The function returns each row as ``row_to_json`` text, and catches the statement's error (in a
 subtransaction) so that a failing step leaves the worker's transaction usable; ``df._step``
@@ -13,6 +14,14 @@ calls it and then cleans the session for the next role. Column names and types c
 protocol-level Describe of the statement (Parse only, nothing executes) on the slot's side
 connection under ``SET ROLE``, so names resolve as the submitter would resolve them; it also
 rejects multi-statement strings. Descriptions are cached per (role, statement text).
+
+A step's result is capped inside its step function, while the statement's rows are read: the
+first row past ``max_bytes`` (of ``row_to_json`` text) or ``max_rows`` ends the statement with
+an error of SQLSTATE :data:`RESULT_TOO_LARGE` that names the limit, and its effects roll back
+with its subtransaction. The caps are arguments the worker passes (its ``max_result_bytes`` and
+``max_result_rows`` settings), out of reach of the statement. They bound a batch as well: no
+further step of it starts once the rows it returned reach either cap, so a batch holds less than
+twice the caps.
 """
 
 from __future__ import annotations
@@ -34,12 +43,16 @@ from psycopg.types.json import Jsonb
 
 from pg_durable.graph.sqlresult import Column
 from pg_durable.queries import query
+from pg_durable.settings import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_RESULT_ROWS
 
 logger = logging.getLogger(__name__)
 
 EXEC_SCHEMA = "df_exec"
 #: Pseudo-SQLSTATE of a step whose role's step function does not exist (any more).
 MISSING_FUNCTION = "PDMIS"
+#: SQLSTATE of a step whose result went past max_result_bytes or max_result_rows; its message
+#: says which limit and what to do.
+RESULT_TOO_LARGE = "PDLIM"
 AnyConn = psycopg.AsyncConnection[Any]
 _DESCRIBE_CACHE_SIZE = 4096
 # Serialises concurrent creation of one role's function by several workers.
@@ -95,13 +108,21 @@ class Role:
 
     @property
     def signature(self) -> str:
-        return f"{EXEC_SCHEMA}.{self.function}(text,boolean)"
+        return f"{EXEC_SCHEMA}.{self.function}(text,boolean,bigint,bigint)"
 
 
 class StepRunner:
     """Creates the per-role functions and runs statements through them. Shared by all slots."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_result_rows: int = DEFAULT_MAX_RESULT_ROWS,
+    ) -> None:
+        #: Caps of one step's result (and what a batch takes before it starts no more steps).
+        self.max_result_bytes = max_result_bytes
+        self.max_result_rows = max_result_rows
         #: Held while using the control connection, which all slots share.
         self.lock = asyncio.Lock()
         self._ensured: set[int] = set()
@@ -203,11 +224,15 @@ class StepRunner:
             for role, text, rows in steps
         ]
         cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(query("run_steps"), (Jsonb(payload), window))
+        await cur.execute(
+            query("run_steps"),
+            (Jsonb(payload), window, self.max_result_bytes, self.max_result_rows),
+        )
         results: list[StepRows | None] = [None] * len(steps)
         rows: list[str] = []
         failure: StepFailure | None = None
-        for index, kind, data in await cur.fetchall():
+        # One row at a time from the result (not a list of all of them beside it).
+        async for index, kind, data in cur:
             if kind == "row":
                 rows.append(data)
             elif kind == "error":

@@ -32,6 +32,7 @@ from psycopg.rows import DictRow
 
 from pg_durable.engine.identity import (
     MISSING_FUNCTION,
+    RESULT_TOO_LARGE,
     Role,
     RoleGone,
     StepFailure,
@@ -188,6 +189,8 @@ class SqlSteps:
         self._note_duration(statement.text, result.seconds)
         error = result.error
         if error is not None:
+            if error.sqlstate == RESULT_TOO_LARGE:
+                return Failed(error.message)  # it names the limit and what to do
             if error.sqlstate == _ACTIVE_SQL_TRANSACTION and needs_autocommit(statement.text):
                 raise NeedsAutocommit
             if error.sqlstate == MISSING_FUNCTION or (batched and error.sqlstate in _CONFLICTS):

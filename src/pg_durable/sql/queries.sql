@@ -127,7 +127,7 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
  WHERE status = 'ready' AND run_at > now()
 
 -- name: run_steps
-SELECT step, kind, data FROM df._run_steps(%s, %s)
+SELECT step, kind, data FROM df._run_steps(%s, %s, %s, %s)
 
 -- name: signal_lock
 SELECT df._signal_lock(%(instance_id)s)
@@ -176,15 +176,46 @@ SELECT value FROM df._meta WHERE key = 'schema_version'
 -- subtransaction rolled back, the worker's transaction intact — and returned as a NULL row
 -- followed by {"sqlstate", "message"}. A cancel (query_canceled) is not caught: the worker
 -- asked for it and rolls back.
-CREATE OR REPLACE FUNCTION {function}(sql text, returns_rows boolean) RETURNS SETOF text
+--
+-- The result is capped while it is read: the first row that takes it past max_bytes (of
+-- row_to_json text) or max_rows ends the statement with an error of its own (SQLSTATE PDLIM),
+-- so that neither this server nor the worker holds more. The caps are arguments the worker
+-- passes: nothing the statement does can change them. A row whose stored size is over eight
+-- times what is left is refused before row_to_json copies it (no type's JSON is that much
+-- smaller than its storage), so a gigantic value fails at once.
+CREATE OR REPLACE FUNCTION {function}(sql text, returns_rows boolean, max_bytes bigint,
+                                      max_rows bigint) RETURNS SETOF text
 LANGUAGE plpgsql SECURITY DEFINER AS $body$
 DECLARE
-    r record;
+    r     record;
+    t     text;
+    bytes bigint := 0;
+    n     bigint := 0;
 BEGIN
     BEGIN
         IF returns_rows THEN
             FOR r IN EXECUTE sql LOOP
-                RETURN NEXT pg_catalog.row_to_json(r)::text;
+                n := n OPERATOR(pg_catalog.+) 1;
+                IF n OPERATOR(pg_catalog.>) max_rows THEN
+                    RAISE EXCEPTION USING ERRCODE = 'PDLIM', MESSAGE = pg_catalog.format(
+                        'SQL step result exceeds pg_durable''s limit of %s rows (worker setting '
+                        'max_result_rows); return fewer rows, e.g. with LIMIT or an aggregate, '
+                        'or raise the limit', max_rows);
+                END IF;
+                IF (pg_catalog.pg_column_size(r) OPERATOR(pg_catalog./) 8)
+                       OPERATOR(pg_catalog.>) (max_bytes OPERATOR(pg_catalog.-) bytes) THEN
+                    bytes := max_bytes OPERATOR(pg_catalog.+) 1;
+                ELSE
+                    t := pg_catalog.row_to_json(r)::text;
+                    bytes := bytes OPERATOR(pg_catalog.+) pg_catalog.octet_length(t);
+                END IF;
+                IF bytes OPERATOR(pg_catalog.>) max_bytes THEN
+                    RAISE EXCEPTION USING ERRCODE = 'PDLIM', MESSAGE = pg_catalog.format(
+                        'SQL step result exceeds pg_durable''s limit of %s bytes (worker setting '
+                        'max_result_bytes) at row %s; return fewer or smaller rows, e.g. with '
+                        'LIMIT, or raise the limit', max_bytes, n);
+                END IF;
+                RETURN NEXT t;
             END LOOP;
         ELSE
             EXECUTE sql;
@@ -197,7 +228,7 @@ END
 $body$
 
 -- name: revoke_exec_function
-REVOKE ALL ON FUNCTION {function}(text, boolean) FROM PUBLIC
+REVOKE ALL ON FUNCTION {function}(text, boolean, bigint, bigint) FROM PUBLIC
 
 -- name: lend_exec_schema
 -- A new owner needs CREATE on the function's schema (unless the worker is a superuser). Lent
@@ -206,7 +237,7 @@ REVOKE ALL ON FUNCTION {function}(text, boolean) FROM PUBLIC
 GRANT CREATE ON SCHEMA df_exec TO {role}
 
 -- name: own_exec_function
-ALTER FUNCTION {function}(text, boolean) OWNER TO {role}
+ALTER FUNCTION {function}(text, boolean, bigint, bigint) OWNER TO {role}
 
 -- name: take_back_exec_schema
 REVOKE CREATE ON SCHEMA df_exec FROM {role}

@@ -377,9 +377,16 @@ $$;
 -- the first are not started once p_window seconds have passed: they return nothing, and the
 -- worker runs them later.
 --
+-- p_max_bytes, p_max_rows: the caps of one step's result (the worker's max_result_bytes and
+-- max_result_rows), passed to each step function, which ends its statement at the first row
+-- past either (the step's error then says so). They bound the batch as well: once the rows it
+-- returned reach either cap, no further step starts (as past the window), so a batch returns
+-- less than twice the caps however many steps it holds.
+--
 -- No SET search_path clause: it would restore a step's own search_path on exit, after
 -- df._reset_session cleared it (so every name here is schema-qualified).
-CREATE FUNCTION df._run_steps(p_steps jsonb, p_window float8)
+CREATE FUNCTION df._run_steps(p_steps jsonb, p_window float8, p_max_bytes bigint,
+                                 p_max_rows bigint)
 RETURNS TABLE (step int, kind text, data text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -390,16 +397,23 @@ DECLARE
     fn      text;
     out     text[];
     bad     int;
+    size    bigint;
+    bytes   bigint := 0;
+    n       bigint := 0;
 BEGIN
     FOR s IN SELECT e FROM pg_catalog.jsonb_array_elements(p_steps) e LOOP
         i := i OPERATOR(pg_catalog.+) 1;
-        IF i OPERATOR(pg_catalog.>) 0 AND pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started
-               OPERATOR(pg_catalog.>) pg_catalog.make_interval(secs => p_window) THEN
+        IF i OPERATOR(pg_catalog.>) 0
+           AND (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started
+                    OPERATOR(pg_catalog.>) pg_catalog.make_interval(secs => p_window)
+                OR bytes OPERATOR(pg_catalog.>=) p_max_bytes
+                OR n OPERATOR(pg_catalog.>=) p_max_rows) THEN
             RETURN;
         END IF;
         began := pg_catalog.clock_timestamp();
         fn := 'step_' OPERATOR(pg_catalog.||) (s OPERATOR(pg_catalog.->>) 'role');
-        IF pg_catalog.to_regproc('df_exec.' OPERATOR(pg_catalog.||) fn) IS NULL THEN
+        IF pg_catalog.to_regprocedure('df_exec.' OPERATOR(pg_catalog.||) fn
+                                      OPERATOR(pg_catalog.||) '(text,boolean,bigint,bigint)') IS NULL THEN
             step := i; kind := 'missing'; data := NULL;
             RETURN NEXT;
             CONTINUE;
@@ -409,9 +423,12 @@ BEGIN
                 ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s OPERATOR(pg_catalog.->) 'settings')),
                 true);
         END IF;
-        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(r) FROM df_exec.%I($1, $2) r', fn)
-           INTO out
-          USING s OPERATOR(pg_catalog.->>) 'sql', (s OPERATOR(pg_catalog.->>) 'rows')::boolean;
+        EXECUTE pg_catalog.format(
+                    'SELECT pg_catalog.array_agg(r), pg_catalog.sum(pg_catalog.octet_length(r)) '
+                    'FROM df_exec.%I($1, $2, $3, $4) r', fn)
+           INTO out, size
+          USING s OPERATOR(pg_catalog.->>) 'sql', (s OPERATOR(pg_catalog.->>) 'rows')::boolean,
+                p_max_bytes, p_max_rows;
         PERFORM df._reset_session();
         -- The step function returns NULL, then the error, when the statement failed.
         bad := pg_catalog.array_position(out, NULL);
@@ -419,6 +436,8 @@ BEGIN
             step := i; kind := 'error'; data := out[bad OPERATOR(pg_catalog.+) 1];
             RETURN NEXT;
         ELSE
+            bytes := bytes OPERATOR(pg_catalog.+) coalesce(size, 0);
+            n := n OPERATOR(pg_catalog.+) coalesce(pg_catalog.cardinality(out), 0);
             RETURN QUERY SELECT i, 'row'::text, r FROM pg_catalog.unnest(out) r;
         END IF;
         step := i; kind := 'done';
@@ -507,7 +526,7 @@ REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._reset_session() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._role_settings(text[], boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION df._run_steps(jsonb, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._run_steps(jsonb, float8, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_cancel() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._schedule_tick(text) FROM PUBLIC;
