@@ -36,6 +36,13 @@ def schema_parts() -> list[tuple[str, str]]:
     return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
 
 
+def exec_kit_script() -> str:
+    """The step runner's part of the schema (65_exec.sql), which the worker also installs in
+    other databases its instances run steps in (engine/remote.py)."""
+    folder = resources.files("pg_durable") / "sql" / "schema"
+    return (folder / "65_exec.sql").read_text(encoding="utf-8")
+
+
 def built_at() -> str:
     """When the schema files of this package were built (the newest file's modification time,
     UTC): what ``df.version()`` reports as "built", the same for every install from it."""

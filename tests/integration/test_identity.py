@@ -210,17 +210,6 @@ def test_a_step_leaves_nothing_behind_for_the_next_role(
         single.stop()
 
 
-def test_steps_in_another_database_are_refused_with_a_clear_reason(
-    conn: Conn, worker: WorkerThread
-) -> None:
-    iid, status = run_workflow(conn, "'SELECT 1', database => 'postgres'")
-    assert status == "failed"
-    assert output_of(conn, iid) == (
-        f'Instance {iid}: its steps run in database "postgres", and this version of the '
-        "pg_durable worker runs steps only in the database it serves"
-    )
-
-
 def test_the_roles_statement_timeout_fails_the_step_that_overruns_it(
     alice: Submitter, worker: WorkerThread, conn: Conn
 ) -> None:

@@ -33,6 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pg_durable.engine.identity import Role, StepRunner
+from pg_durable.engine.remote import RemoteDatabases, receipt_key
 from pg_durable.engine.sqlstep import (
     Cancelled,
     Connections,
@@ -84,6 +85,8 @@ class LoadedInstance:
     role: Role
     variables: dict[str, str]
     label: str | None
+    #: The database its SQL steps run in, when not the worker's own.
+    database: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +118,12 @@ class InstanceUnrunnable(Exception):
 
 
 class _NeedsAutocommit(Exception):
-    """Run ``text`` of ``node_id`` as ``role`` outside any transaction block."""
+    """Run ``statement`` of ``node_id`` outside any transaction block."""
 
-    def __init__(self, node_id: str, role: Role, text: str) -> None:
+    def __init__(self, node_id: str, statement: Statement) -> None:
         super().__init__(node_id)
         self.node_id = node_id
-        self.role = role
-        self.text = text
+        self.statement = statement
 
 
 @dataclass(slots=True)
@@ -139,6 +141,8 @@ class _Run:
     statement_node: str | None = None
     #: That statement, while it waits for the batch to run it.
     statement: Statement | None = None
+    #: (database, key) of the receipt its statement left in another database, if it did.
+    receipt: tuple[str, str] | None = None
 
 
 class Executor:
@@ -147,6 +151,7 @@ class Executor:
     def __init__(
         self,
         runner: StepRunner,
+        remote: RemoteDatabases,
         *,
         batch_window: float,
         loop_max_iterations: int = 100_000,
@@ -156,6 +161,7 @@ class Executor:
         self.loop_max_iterations = loop_max_iterations
         self.loop_min_interval = loop_min_interval
         self.sql = SqlSteps(runner, slow_seconds=batch_window)
+        self.remote = remote
         #: Instances by id, as loaded (or why they cannot run), least recently used first, and
         #: the number of graph nodes they hold.
         self._instances: OrderedDict[str, LoadedInstance | InstanceUnrunnable] = OrderedDict()
@@ -172,7 +178,7 @@ class Executor:
         try:
             runs, alone, released = await self._advance(conns, rows)
             scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
-            continued = await self._commit(conns.conn, [_plan_json(r) for r in runs], scopes)
+            continued = await self._commit(conns, runs, scopes)
             spawned = sum(_due_now(f) for r in runs for f in r.plan.spawns)
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
@@ -201,7 +207,7 @@ class Executor:
         known = {} if known is None else known
         try:
             runs, _, _ = await self._advance(conns, [row], known)
-            await self._commit(conn, [_plan_json(r) for r in runs], [])
+            await self._commit(conns, runs, [])
             return
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
@@ -217,7 +223,16 @@ class Executor:
             await conn.execute("COMMIT")
             if leased is None:
                 return
-            known[needs.node_id] = await self.sql.run_autocommit(conns, needs.role, needs.text)
+            statement = needs.statement
+            if statement.database is None:
+                known[needs.node_id] = await self.sql.run_autocommit(
+                    conns, statement.role, statement.text
+                )
+            else:
+                linked = await self.remote.connections(conns, statement.database)
+                known[needs.node_id] = await self.remote.steps(statement.database).run_autocommit(
+                    linked, statement.role, statement.text
+                )
         # Claim the fiber again, as leased; if the lease ran out and another worker took it,
         # that worker runs the statement again (at least once).
         await conn.execute("BEGIN")
@@ -236,11 +251,12 @@ class Executor:
         conns.cancel_pending = False
         await conns.conn.execute("ROLLBACK")
 
-    async def _commit(
-        self, conn: AnyConn, plans: list[dict[str, Any]], go_on: list[str]
-    ) -> list[Row]:
-        """Write ``plans`` and commit; then, in the same round trip, begin a transaction and
-        claim the fibers ``go_on`` names, if any are runnable (else that transaction ends)."""
+    async def _commit(self, conns: Connections, runs: list[_Run], go_on: list[str]) -> list[Row]:
+        """Write the plans of ``runs`` and commit; then, in the same round trip, begin a
+        transaction and claim the fibers ``go_on`` names, if any are runnable (else that
+        transaction ends)."""
+        conn = conns.conn
+        plans = [_plan_json(r) for r in runs]
         claimed: list[Row] = []
         if plans or go_on:
             async with conn.pipeline():
@@ -263,6 +279,9 @@ class Executor:
                 )
         else:
             await conn.execute("COMMIT")
+        receipts = [run.receipt for run in runs if run.receipt is not None]
+        if receipts:
+            await self.remote.drop_receipts(conns, receipts)
         for plan in plans:
             outcome = plan["instance"]
             if outcome is not None:
@@ -337,6 +356,10 @@ class Executor:
         """Phases 2 and 3 for a fiber in a transaction of its own. Its statement runs after a
         savepoint: if it must run again (described anew, or its step function made again),
         its effects are undone and it runs again without the fiber ever being released."""
+        statement = run.statement
+        if statement is not None and statement.database is not None:
+            await self._run_elsewhere(conns, run, statement)
+            return
         for _ in range(_MAX_RERUNS):
             statement = run.statement
             assert statement is not None
@@ -353,12 +376,26 @@ class Executor:
                     break  # decided without running it (it no longer prepares)
                 continue
             except NeedsAutocommit:
-                node_id = str(run.statement_node)
-                raise _NeedsAutocommit(node_id, statement.role, statement.text) from None
+                raise _NeedsAutocommit(str(run.statement_node), statement) from None
             run.interp.complete_step(outcome)
             break
         else:
             raise RuntimeError(f"the step of fiber {run.fiber.scope} had to run again too often")
+        await self._carry_on(conns, run, batched=False)
+
+    async def _run_elsewhere(self, conns: Connections, run: _Run, statement: Statement) -> None:
+        """Phases 2 and 3 for a fiber whose statement runs in another database: it commits
+        there with a receipt before this transaction commits the checkpoint."""
+        assert statement.database is not None
+        node_id = str(run.statement_node)
+        key = receipt_key(run.fiber.instance_id, run.fiber.scope, int(run.row["version"]), node_id)
+        run.statement = None
+        try:
+            outcome = await self.remote.run(conns, statement, key)
+        except NeedsAutocommit:
+            raise _NeedsAutocommit(node_id, statement) from None
+        run.receipt = (statement.database, key)
+        run.interp.complete_step(outcome)
         await self._carry_on(conns, run, batched=False)
 
     async def _start(
@@ -468,18 +505,33 @@ class Executor:
             return
         if node.id in loaded.graph.conditions:
             text = as_condition_query(text)
-        if batched and (self.sql.is_slow(text) or loaded.role.statement_timeout is not None):
+        if batched and (
+            self.sql.is_slow(text)
+            or loaded.role.statement_timeout is not None
+            or loaded.database is not None
+        ):
             # A slow statement does not hold up a batch's quick ones; a statement timeout
-            # counts from the start of a top-level statement.
+            # counts from the start of a top-level statement; a statement in another
+            # database commits there first.
             raise RunAlone
-        prepared = await self.sql.prepare(
-            conns,
-            loaded.role,
-            text,
-            instance_id=loaded.graph.instance_id,
-            scope=fiber.scope,
-            batched=batched,
-        )
+        if loaded.database is not None:
+            prepared = await self.remote.prepare(
+                conns,
+                loaded.database,
+                loaded.role,
+                text,
+                instance_id=loaded.graph.instance_id,
+                scope=fiber.scope,
+            )
+        else:
+            prepared = await self.sql.prepare(
+                conns,
+                loaded.role,
+                text,
+                instance_id=loaded.graph.instance_id,
+                scope=fiber.scope,
+                batched=batched,
+            )
         if isinstance(prepared, Failed):
             run.interp.complete_step(prepared)
         else:
@@ -617,14 +669,10 @@ def _loaded(instance_id: str, row: Row | None) -> LoadedInstance:
     except GraphError as exc:
         message = f"Invalid workflow graph for instance {instance_id}: {exc}"
         raise InstanceUnrunnable(message) from exc
-    if row["database"] is not None and not row["same_database"]:
-        raise InstanceUnrunnable(
-            f'Instance {instance_id}: its steps run in database "{row["database"]}", and this '
-            "version of the pg_durable worker runs steps only in the database it serves"
-        )
     variables = {str(k): str(v) for k, v in (row["vars"] or {}).items() if v is not None}
     role = Role(int(row["role_oid"]), str(row["rolname"]), tuple(row["role_settings"]))
-    return LoadedInstance(graph, role, variables, row["label"])
+    database = None if row["database"] is None or row["same_database"] else str(row["database"])
+    return LoadedInstance(graph, role, variables, row["label"], database)
 
 
 def _wait_until(fiber: Fiber, node_id: str) -> float | None:

@@ -217,7 +217,7 @@ class StepRunner:
         self, conn: AnyConn, steps: Sequence[tuple[Role, str, bool]], window: float
     ) -> list[StepRows | None]:
         """Execute each (role, statement, returns rows) in the transaction open on ``conn``,
-        in one round trip (df._run_steps). None for a step that did not run: the window had
+        in one round trip (df_exec.run_steps). None for a step that did not run: the window had
         passed before its turn."""
         payload = [
             {"role": role.oid, "sql": text, "rows": rows, "settings": list(role.settings)}

@@ -86,6 +86,8 @@ class Connections:
     side: AConn
     running: list[tuple[str, str]] = field(default_factory=list)
     cancel_pending: bool = False
+    #: The slot's connections to other databases, by name (engine/remote.py).
+    remote: dict[str, Connections] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ class Statement:
     columns: tuple[Column, ...]
     instance_id: str
     scope: str
+    #: The database it runs in, if not the worker's own (engine/remote.py).
+    database: str | None = None
 
 
 class SqlSteps:
@@ -136,7 +140,7 @@ class SqlSteps:
                 # The statement may refer to what an earlier step of this batch created (the
                 # side connection cannot see it yet): decide in a transaction of its own.
                 raise RunAlone from exc
-            return _sql_failure(exc.diag.message_primary or str(exc))
+            return sql_failure(exc.diag.message_primary or str(exc))
         if any(c.type_oid not in SUPPORTED_TYPE_OIDS for c in columns):
             await self._learn_type_names(conns.control, [c.type_oid for c in columns])
             try:
@@ -196,7 +200,7 @@ class SqlSteps:
             if error.sqlstate == MISSING_FUNCTION or (batched and error.sqlstate in _CONFLICTS):
                 raise RunAlone  # (the step function is created again on the way)
             self.runner.invalidate(statement.role, statement.text)
-            return _sql_failure(error.message)
+            return sql_failure(error.message)
         try:
             return Ok(build_result(statement.columns, result.rows))
         except StepError:
@@ -223,7 +227,7 @@ class SqlSteps:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
-            return _sql_failure(exc.diag.message_primary or str(exc))
+            return sql_failure(exc.diag.message_primary or str(exc))
         return Ok(EMPTY_RESULT)
 
     async def _learn_type_names(self, control: AConn, oids: list[int]) -> None:
@@ -236,7 +240,8 @@ class SqlSteps:
                 self._type_names[int(r["oid"])] = str(r["typname"])
 
 
-def _sql_failure(message: str) -> Failed:
+def sql_failure(message: str) -> Failed:
+    """A step whose statement failed, in pg_durable's words."""
     return Failed(f"SQL execution failed: error returned from database: {message}")
 
 

@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from pg_durable import __version__
+from pg_durable.engine import remote
 from pg_durable.engine.executor import Executor
 from pg_durable.engine.identity import StepRunner
+from pg_durable.engine.remote import RemoteDatabases
 from pg_durable.engine.sqlstep import AConn, Connections
 from pg_durable.errors import SchemaError
 from pg_durable.queries import query
@@ -69,6 +72,10 @@ class Worker:
         self.id = uuid.uuid4()
         self.executor = Executor(
             StepRunner(),
+            RemoteDatabases(
+                lambda database: self._connect("workflow-sql", step=True, database=database),
+                slow_seconds=settings.batch_window,
+            ),
             batch_window=settings.batch_window,
             loop_max_iterations=settings.loop_max_iterations,
             loop_min_interval=settings.loop_min_interval,
@@ -95,9 +102,14 @@ class Worker:
         self._stopping.set()
 
     # -- connections ----------------------------------------------------------------------
-    async def _connect(self, purpose: str, *, step: bool = False) -> AConn:
+    async def _connect(
+        self, purpose: str, *, step: bool = False, database: str | None = None
+    ) -> AConn:
+        dsn = self.settings.dsn
+        if database is not None:  # steps of instances that run in another database
+            dsn = make_conninfo(dsn, dbname=database)
         conn = await psycopg.AsyncConnection.connect(
-            self.settings.dsn,
+            dsn,
             autocommit=True,
             row_factory=dict_row,
             application_name=f"pg_durable:worker:{purpose}",
@@ -301,11 +313,13 @@ class Worker:
     async def _cancel_running(self, match: Callable[[tuple[str, str]], bool]) -> None:
         """Cancel the statements running for the (instance, scope) pairs that ``match``."""
         for slot in self._slots:
-            conns = slot.conns
-            if conns is not None and any(match(running) for running in conns.running):
-                conns.cancel_pending = True
-                with contextlib.suppress(psycopg.Error):
-                    await conns.conn.cancel_safe()
+            if slot.conns is None:
+                continue
+            for conns in (slot.conns, *slot.conns.remote.values()):
+                if any(match(running) for running in conns.running):
+                    conns.cancel_pending = True
+                    with contextlib.suppress(psycopg.Error):
+                        await conns.conn.cancel_safe()
 
     # -- slots ----------------------------------------------------------------------------
     async def _slot_loop(self, slot: Slot) -> None:
@@ -509,9 +523,5 @@ def _first_line(exc: BaseException) -> str:
 
 
 async def _close(conns: Connections | None) -> None:
-    if conns is None:
-        return
-    for conn in (conns.conn, conns.side):
-        if not conn.closed:
-            with contextlib.suppress(Exception):
-                await conn.close()
+    if conns is not None:
+        await remote.close(conns)

@@ -54,8 +54,9 @@ RETURNING version
 
 -- name: load_instances
 -- Instances to run, with their graphs (a batch loads all it has not cached in one query).
--- The role's own settings (ALTER ROLE … SET, also … IN DATABASE) apply to its steps as they
--- would to a session of the role; the database's apply to the worker's connections already.
+-- The role's own settings (ALTER ROLE … SET, also … IN DATABASE — the database its steps run
+-- in) apply to its steps as they would to a session of the role; the database's own apply to
+-- the worker's connections to it already.
 SELECT i.id, i.root_node, i.label, i.database,
        i.database = current_database() AS same_database,
        i.submitted_by::oid AS role_oid, r.rolname, r.rolsuper, s.vars,
@@ -66,7 +67,8 @@ SELECT i.id, i.root_node, i.label, i.database,
                     LATERAL unnest(d.setconfig) WITH ORDINALITY AS c(setting, n)
               WHERE d.setrole = i.submitted_by::oid
                 AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
-                                           WHERE datname = current_database()))
+                                           WHERE datname = coalesce(i.database,
+                                                                    current_database())))
               ORDER BY d.setdatabase, c.n) AS role_settings,
        (SELECT json_agg(json_build_array(n.id, n.node_type, n.query, n.result_name,
                                          n.left_node, n.right_node))
@@ -127,7 +129,7 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
  WHERE status = 'ready' AND run_at > now()
 
 -- name: run_steps
-SELECT step, kind, data FROM df._run_steps(%s, %s, %s, %s)
+SELECT step, kind, data FROM df_exec.run_steps(%s, %s, %s, %s)
 
 -- name: signal_lock
 SELECT df._signal_lock(%(instance_id)s)
@@ -151,7 +153,7 @@ SELECT pg_catalog.set_config('statement_timeout', %(value)s, true)
 
 -- name: role_settings
 -- On the autocommit side connection: for the session, until RESET ALL.
-SELECT df._role_settings(%(settings)s, false)
+SELECT df_exec.role_settings(%(settings)s, false)
 
 -- name: exec_function
 SELECT p.oid IS NOT NULL AS present
@@ -247,3 +249,37 @@ SELECT rolname FROM pg_catalog.pg_roles WHERE oid = %(oid)s
 
 -- name: type_names
 SELECT oid::int, typname::text FROM pg_catalog.pg_type WHERE oid = ANY(%(oids)s)
+
+-- -------------------------------------------------------------------------------------------
+-- Steps in another database of the cluster (engine/remote.py).
+
+-- name: database_access
+-- No row: the database does not exist (any more).
+SELECT pg_catalog.has_database_privilege(%(role)s::oid, d.oid, 'CONNECT') AS can_connect
+  FROM pg_catalog.pg_database d
+ WHERE d.datname = %(database)s
+
+-- name: exec_kit_lock
+-- Serialises the installation of the step runner by several workers (same lock class as the
+-- creation of step functions).
+SELECT pg_catalog.pg_advisory_xact_lock(1346847814, 0)
+
+-- name: exec_kit_version
+SELECT pg_catalog.obj_description(pg_catalog.to_regclass('df_exec.remote_steps'), 'pg_class')
+       AS version
+
+-- name: exec_kit_mark
+-- {version} is a literal composed with psycopg.sql.
+COMMENT ON TABLE df_exec.remote_steps IS {version}
+
+-- name: remote_receipt
+SELECT outcome FROM df_exec.remote_steps WHERE key = %(key)s
+
+-- name: remote_receipt_insert
+INSERT INTO df_exec.remote_steps (key, outcome) VALUES (%(key)s, %(outcome)s)
+
+-- name: remote_receipt_drop
+-- With it go receipts left behind a day ago and more (their checkpoints were committed long
+-- since: a fiber's next version never looks them up).
+DELETE FROM df_exec.remote_steps
+ WHERE key = %(key)s OR done_at < now() - interval '1 day'

@@ -193,11 +193,6 @@ CREATE TABLE df._signals (
 );
 CREATE INDEX _signals_inbox ON df._signals (instance_id, name, id);
 
--- Steps run inside SECURITY DEFINER functions owned by the submitting role, created here by the
--- worker (see engine/identity.py). No role but the owner of the schema may use it, so no
--- submitter can reach, replace or alter its function.
-CREATE SCHEMA df_exec;
-
 -- Workers register here and bump last_seen_at as their heartbeat (see the df.workers view).
 CREATE TABLE df._workers (
     id           uuid PRIMARY KEY,

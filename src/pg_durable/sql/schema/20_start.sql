@@ -378,6 +378,12 @@ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = database) THEN
             RAISE EXCEPTION 'database "%" does not exist', database;
         END IF;
+        -- What connecting as the role would check: its steps run there as if it had.
+        IF NOT has_database_privilege(me_regrole, database, 'CONNECT') THEN
+            RAISE EXCEPTION 'permission denied for database "%"', database
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'User does not have CONNECT privilege.';
+        END IF;
     END IF;
 
     SELECT r.rolname, r.rolcanlogin, r.rolsuper INTO me
