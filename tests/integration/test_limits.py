@@ -321,9 +321,6 @@ def test_a_batch_starts_no_step_once_its_results_reach_the_caps(conn: Conn, dsn:
     assert [r is not None for r in results] == [True, True, True, True]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="engine/worker.py does not pass max_result_bytes/_rows to StepRunner yet"
-)
 def test_the_worker_settings_set_the_caps(
     conn: Conn, start_worker: Callable[..., WorkerThread]
 ) -> None:

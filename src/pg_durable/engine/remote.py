@@ -52,9 +52,16 @@ class RemoteDatabases:
     """The other databases a worker runs steps in: per database, its step caches and whether
     the exec kit is in place. Connections belong to the slots (``Connections.remote``)."""
 
-    def __init__(self, connect: Callable[[str], Awaitable[AConn]], slow_seconds: float) -> None:
+    def __init__(
+        self,
+        connect: Callable[[str], Awaitable[AConn]],
+        runner: Callable[[], StepRunner],
+        slow_seconds: float,
+    ) -> None:
         #: Opens an autocommit step connection to the named database.
         self._connect = connect
+        #: Makes a step runner with the worker's settings (one per database).
+        self._runner = runner
         self._slow_seconds = slow_seconds
         self._steps: dict[str, SqlSteps] = {}
         self._kit_ready: set[str] = set()
@@ -63,7 +70,7 @@ class RemoteDatabases:
         found = self._steps.get(database)
         if found is None:
             # Step functions, descriptions and type names are per database.
-            found = self._steps[database] = SqlSteps(StepRunner(), self._slow_seconds)
+            found = self._steps[database] = SqlSteps(self._runner(), self._slow_seconds)
         return found
 
     async def prepare(

@@ -70,10 +70,18 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.id = uuid.uuid4()
+
+        def runner() -> StepRunner:
+            return StepRunner(
+                max_result_bytes=settings.max_result_bytes,
+                max_result_rows=settings.max_result_rows,
+            )
+
         self.executor = Executor(
-            StepRunner(),
+            runner(),
             RemoteDatabases(
                 lambda database: self._connect("workflow-sql", step=True, database=database),
+                runner,
                 slow_seconds=settings.batch_window,
             ),
             batch_window=settings.batch_window,
