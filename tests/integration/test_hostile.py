@@ -498,8 +498,8 @@ def test_a_status_forged_by_its_owner_leaves_no_half_state(
         wait_for(u.conn, iid)
     refused = False
     for status in forged:
-        if status == "sleep":
-            time.sleep(1.5)
+        if status == "sleep":  # until the timer fires and its fiber is given up
+            wait_until(lambda: fibers_of(conn, iid) == 0)
             continue
         try:
             u.conn.execute(
@@ -508,7 +508,7 @@ def test_a_status_forged_by_its_owner_leaves_no_half_state(
             )
         except psycopg.Error:
             refused = True
-    time.sleep(1.5)
+    time.sleep(1.0)
     assert refused or consistency_problems(conn, iid) == []
 
 
@@ -1154,7 +1154,7 @@ def test_a_sleep_longer_than_a_timestamp_sleeps_until_cancelled(
 def test_a_step_result_nested_too_deeply_fails_its_step(roles: Roles, worker: WorkerThread) -> None:
     u = user(roles, "deep")
     iid = start(u.conn, "%s", (f"SELECT '{deep(3000)}'::jsonb AS v",))
-    time.sleep(4)
+    time.sleep(3)
     assert one(u.conn, "SELECT df.status(%s)", (iid,)) == "failed"
     assert "nested too deeply" in str(output_of_role(u, iid))
 
@@ -1174,7 +1174,7 @@ def test_a_signal_payload_nested_too_deeply_stalls_nothing(
     wait_until_waiting(u, iid)
     u.conn.execute("SELECT df.signal(%s, 'go', %s)", (iid, deep(3000)))
     ok = start(u.conn, "'SELECT 1'")
-    time.sleep(4)
+    time.sleep(3)
     assert one(u.conn, "SELECT df.status(%s)", (ok,)) == "completed"
     # (Taken in a batch with other fibers, it may fail — as an internal error of the worker.)
     assert one(u.conn, "SELECT df.status(%s)", (iid,)) in ("completed", "failed")
