@@ -6,6 +6,7 @@ import json
 
 from pg_durable.graph.interpreter import (
     BREAK_OUTSIDE_LOOP,
+    JOIN_TOO_LARGE,
     MAX_SLEEP_DELAY,
     ChildResult,
     Context,
@@ -186,6 +187,31 @@ def test_join_failure_names_the_branch() -> None:
     )
     assert plan.instance is not None
     assert plan.instance.output == "JOIN branch 1 failed: bad"
+
+
+def test_a_join_whose_branches_together_pass_the_result_cap_fails() -> None:
+    g = make(
+        [node("00000001", "JOIN", "00000002", "00000003"), sql("00000002"), sql("00000003")],
+        "00000001",
+    )
+    children = [
+        ChildResult("s0", 0, "00000002", Ok(R1), {}),
+        ChildResult("s1", 1, "00000003", Ok(R2), {}),
+    ]
+    joined = f"[{R1},{R2}]"
+    for cap, output in (
+        (len(joined), joined),
+        (len(joined) - 1, JOIN_TOO_LARGE.format(cap=len(joined) - 1)),
+    ):
+        f = root_fiber(g)
+        plan = Plan()
+        Interpreter(Context(g, {}, None, 1000.0, max_result_bytes=cap), f, plan).start()
+        plan = Plan()
+        Interpreter(Context(g, {}, None, 1000.0, max_result_bytes=cap), f, plan).resume(
+            children, "s0"
+        )
+        assert plan.instance is not None
+        assert plan.instance.output == output
 
 
 def test_race_first_to_finish_wins_and_the_loser_is_cancelled() -> None:

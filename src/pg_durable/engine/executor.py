@@ -429,6 +429,7 @@ class Executor:
             float(row["db_now"]),
             max_iterations=self.loop_max_iterations,
             min_iteration_seconds=self.loop_min_interval,
+            max_result_bytes=self.sql.runner.max_result_bytes,
         )
         run = _Run(row, loaded, fiber, plan, Interpreter(ctx, fiber, plan), known)
         node = loaded.graph.node(fiber.node_id)

@@ -23,6 +23,10 @@ BREAK_OUTSIDE_LOOP: Final = (
     "df.break() was called outside of a loop. df.break() may only be used inside df.loop()."
 )
 LOST_RACE: Final = "Loop branch cancelled after losing RACE"
+JOIN_TOO_LARGE: Final = (
+    "JOIN result exceeds pg_durable's limit of {cap} bytes (worker setting max_result_bytes); "
+    "have the branches return less (keep bulk data in tables), or raise the limit"
+)
 #: The longest a SLEEP really waits. df.sleep takes any bigint, but a timer far beyond this is
 #: beyond what a timestamptz can hold (9223372036854775807 seconds would fail every commit of
 #: the step); a thousand years is forever to any workflow, and a cancel still ends it.
@@ -157,6 +161,9 @@ class Context:
     now: float
     max_iterations: int = 100_000
     min_iteration_seconds: float = 1.0
+    #: The cap of one result the worker holds (its max_result_bytes): a JOIN's result is its
+    #: branches' results together, each within the cap, but not necessarily their sum.
+    max_result_bytes: int | None = None
 
 
 class Interpreter:
@@ -434,6 +441,10 @@ class Interpreter:
                     self._finish(node_id, child.outcome)
                     return
             parts = [c.outcome.result for c in children if isinstance(c.outcome, Ok)]
+            cap = self.ctx.max_result_bytes
+            if cap is not None and sum(len(p.encode()) + 1 for p in parts) + 1 > cap:
+                self._finish(node_id, Failed(JOIN_TOO_LARGE.format(cap=cap)))
+                return
             self._finish(node_id, Ok("[" + ",".join(parts) + "]"))
             return
         # RACE: the first child to finish wins, whatever its outcome.
