@@ -573,6 +573,47 @@ def test_setup_in_a_copied_database_makes_its_own_role(cluster: Cluster, nconn: 
     )
 
 
+def test_a_schema_owner_that_is_not_a_superuser(cluster: Cluster) -> None:
+    """Managed PostgreSQL: the schema owner has CREATEROLE only; a superuser put dblink in
+    df_dblink for it. Then `pg-durable install`'s setup works as that owner."""
+    tag = secrets.token_hex(3)
+    owner, alice, db = f"owner_{tag}", f"alice_{tag}", f"managed_{tag}"
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as c:
+        c.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD 'pw'")
+        c.execute(f"CREATE ROLE {alice} LOGIN PASSWORD 'pw'")
+        c.execute(f"CREATE DATABASE {db} OWNER {owner}")
+    owner_dsn = cluster.dsn(db, user=owner, password="pw")
+    try:
+        schema.install(owner_dsn)
+        assert schema.setup_new_transaction_mode(owner_dsn) == (
+            "transaction_mode => 'new' not enabled: setting it up needs a superuser (or "
+            "CREATEROLE once dblink is installed in schema df_dblink); a superuser can enable "
+            "it later with SELECT df.enable_new_transaction_mode();"
+        )
+        with psycopg.connect(cluster.dsn(db), autocommit=True) as c:
+            c.execute("CREATE SCHEMA df_dblink")
+            c.execute("CREATE EXTENSION dblink SCHEMA df_dblink")
+            c.execute(f"GRANT USAGE ON SCHEMA df_dblink TO {owner}")
+        line = schema.setup_new_transaction_mode(owner_dsn)
+        assert line.startswith("transaction_mode => 'new' enabled: loopback role"), line
+        with psycopg.connect(owner_dsn, autocommit=True) as c:
+            c.execute("SELECT df.grant_usage(%s)", (alice,))
+        with psycopg.connect(cluster.dsn(db, user=alice, password="pw"), autocommit=True) as c:
+            c.execute("BEGIN")
+            iid = one(c, "SELECT df.start('SELECT 1', transaction_mode => 'new')")
+            c.execute("ROLLBACK")
+        with psycopg.connect(owner_dsn, autocommit=True) as c:
+            assert one(c, "SELECT submitted_by::text FROM df.instances WHERE id = %s", (iid,)) == (
+                alice
+            )
+            assert one(c, "SELECT df.disable_new_transaction_mode()").endswith("dropped")
+    finally:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            c.execute(f"DROP ROLE IF EXISTS {alice}")
+            c.execute(f"DROP ROLE IF EXISTS {owner}")
+
+
 def test_install_reports_enabled_on_rerun(ndsn: str) -> None:
     assert schema.setup_new_transaction_mode(ndsn).startswith(
         "transaction_mode => 'new' is enabled (loopback role df_loopback_"

@@ -191,8 +191,7 @@ BEGIN
 
     BEGIN
         -- Admission, before any connection: a free slot among max_new_transaction_starts
-        -- session advisory locks (cluster-wide in effect: the loopbacks of every database
-        -- count, as their connections do).
+        -- session advisory locks (per database: PostgreSQL's advisory locks belong to one).
         deadline := clock_timestamp() + make_interval(secs => wait_s);
         LOOP
             FOR s IN 0 .. max_starts - 1 LOOP
@@ -331,6 +330,7 @@ DECLARE
     new_host   text;
     new_port   int;
     df_owner   name;
+    dblink_owner oid;
     statement  text;
     msg        text;
     state      text;
@@ -359,15 +359,18 @@ BEGIN
                   HINT = 'If nothing else uses it there: ALTER EXTENSION dblink SET SCHEMA df_dblink; then run this again.';
     END IF;
     -- dblink opens connections: nobody calls it but the owner of schema df (in
-    -- df._start_new, which runs as that owner).
-    REVOKE ALL ON ALL FUNCTIONS IN SCHEMA df_dblink FROM PUBLIC;
-    SELECT pg_get_userbyid(n.nspowner) INTO df_owner FROM pg_namespace n WHERE n.nspname = 'df';
-    IF df_owner <> (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace n
-                     WHERE n.nspname = 'df_dblink') THEN
-        EXECUTE format('GRANT USAGE ON SCHEMA df_dblink TO %I', df_owner);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION df_dblink.dblink_connect(text, text), '
-                       'df_dblink.dblink(text, text), df_dblink.dblink_disconnect(text), '
-                       'df_dblink.dblink_get_connections() TO %I', df_owner);
+    -- df._start_new, which runs as that owner). When a superuser put dblink there for a
+    -- schema owner who is not one, that superuser decided who may use it.
+    SELECT n.nspowner INTO dblink_owner FROM pg_namespace n WHERE n.nspname = 'df_dblink';
+    IF pg_has_role(dblink_owner, 'USAGE') THEN
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA df_dblink FROM PUBLIC;
+        SELECT pg_get_userbyid(n.nspowner) INTO df_owner FROM pg_namespace n WHERE n.nspname = 'df';
+        IF df_owner <> pg_get_userbyid(dblink_owner) THEN
+            EXECUTE format('GRANT USAGE ON SCHEMA df_dblink TO %I', df_owner);
+            EXECUTE format('GRANT EXECUTE ON FUNCTION df_dblink.dblink_connect(text, text), '
+                           'df_dblink.dblink(text, text), df_dblink.dblink_disconnect(text), '
+                           'df_dblink.dblink_get_connections() TO %I', df_owner);
+        END IF;
     END IF;
 
     SELECT * INTO lb FROM df._loopback;
