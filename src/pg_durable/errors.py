@@ -29,3 +29,8 @@ class SubstitutionError(PgDurableError):
 
 class StepError(PgDurableError):
     """A step failed; the message is the text stored as the failed node's result."""
+
+
+class ResultShapeChanged(StepError):
+    """A statement's rows do not match its description: it changed shape (ALTER TABLE) between
+    being described and being run, and runs again once described anew."""

@@ -558,12 +558,12 @@ class Executor:
             fiber.not_before = until
             return
         del fiber.state["wait"]
-        result = {
-            "signal_name": node.signal,
-            "timed_out": got is None,
-            "data": None if got is None else got["data"],
-        }
-        run.interp.complete_step(Ok(json.dumps(result, separators=(",", ":"))))
+        data = "null" if got is None or got["data"] is None else str(got["data"])
+        result = (
+            f'{{"signal_name":{json.dumps(node.signal)},'
+            f'"timed_out":{"true" if got is None else "false"},"data":{data}}}'
+        )
+        run.interp.complete_step(Ok(result))
 
     async def _wait_for_schedule(self, conn: AnyConn, run: _Run, node: Node) -> None:
         """Wait for the next tick of the node's cron expression after the moment it is reached

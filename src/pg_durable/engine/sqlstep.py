@@ -39,7 +39,7 @@ from pg_durable.engine.identity import (
     StepRows,
     StepRunner,
 )
-from pg_durable.errors import StepError
+from pg_durable.errors import ResultShapeChanged, StepError
 from pg_durable.graph.interpreter import Failed, Ok, Outcome
 from pg_durable.graph.sqlresult import SUPPORTED_TYPE_OIDS, Column, build_result, check_columns
 from pg_durable.graph.sqltext import needs_autocommit
@@ -203,11 +203,13 @@ class SqlSteps:
             return sql_failure(error.message)
         try:
             return Ok(build_result(statement.columns, result.rows))
-        except StepError:
-            # The rows do not match the description: the statement's result changed shape
-            # since it was described (ALTER TABLE). Describe it again and run it alone.
+        except ResultShapeChanged:
+            # The statement's result changed shape since it was described (ALTER TABLE).
+            # Describe it again and run it alone.
             self.runner.invalidate(statement.role, statement.text)
             raise RunAlone from None
+        except StepError as exc:
+            return Failed(str(exc))
 
     def _note_duration(self, text: str, seconds: float) -> None:
         if seconds > self.slow_seconds:

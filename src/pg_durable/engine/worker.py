@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 
 from pg_durable import __version__
 from pg_durable.engine import remote
-from pg_durable.engine.executor import Executor
+from pg_durable.engine.executor import Batch, Executor
 from pg_durable.engine.identity import StepRunner
 from pg_durable.engine.remote import RemoteDatabases
 from pg_durable.engine.sqlstep import AConn, Connections
@@ -398,7 +398,7 @@ class Worker:
             if rows[0]["backlog"] > len(rows):
                 # There is more: one more slot looks (and, if it finds some, the next).
                 self._wake_slots(1)
-            batch = await self.executor.run_batch(conns, [dict(r) for r in rows], go_on=True)
+            batch = await self._run_batch(slot, conns, [dict(r) for r in rows])
             # Branches that became runnable together run on slots of their own, at once.
             self._wake_slots(batch.spawned)
             # Carry on with the fibers the batch left runnable, while nothing else needs doing.
@@ -407,7 +407,7 @@ class Worker:
                     await conn.execute("ROLLBACK")  # release them
                     break
                 slot.batch_started = time.monotonic()
-                batch = await self.executor.run_batch(conns, batch.continued, go_on=True)
+                batch = await self._run_batch(slot, conns, batch.continued)
                 self._wake_slots(batch.spawned)
             if batch.released:
                 self._wake_slots(1)
@@ -425,6 +425,15 @@ class Worker:
                 await self.executor.run_single(conns, dict(row))
                 slot.instance_id = None
         return found
+
+    async def _run_batch(self, slot: Slot, conns: Connections, rows: list[dict[str, Any]]) -> Batch:
+        # A batch of several fibers runs each alone when one of them fails unexpectedly; a
+        # failure of a lone fiber is its instance's to carry (see _internal_error), else the
+        # fiber would be claimed again, and fail again, for ever.
+        slot.instance_id = str(rows[0]["instance_id"]) if len(rows) == 1 else None
+        batch = await self.executor.run_batch(conns, rows, go_on=True)
+        slot.instance_id = None
+        return batch
 
     async def _claim(
         self, conn: AConn, awake: int, lane: int, lanes: int | None = None

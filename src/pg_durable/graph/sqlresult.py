@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Final
 
-from pg_durable.errors import StepError
+from pg_durable.errors import ResultShapeChanged, StepError
 
 BOOL: Final = 16
 NAME: Final = 19
@@ -134,7 +134,7 @@ def _build(columns: Sequence[Column], rows: Sequence[str]) -> str:
         pairs: _Pairs = json.loads(text, object_pairs_hook=_Pairs, parse_float=_Raw, parse_int=_Raw)
         if len(pairs) != len(columns):
             # The statement's shape changed between its Describe and its execution.
-            raise StepError(
+            raise ResultShapeChanged(
                 f"The result of the statement has {len(pairs)} columns where {len(columns)} "
                 "were described; the statement's result shape changed while it ran. Retry it."
             )

@@ -142,7 +142,7 @@ DELETE FROM df._signals
                 AND (s.scope = %(scope)s OR s.scope IS NULL)
               ORDER BY s.id
               LIMIT 1)
-RETURNING data
+RETURNING data::text AS data  -- as text: nested deeper than Python parses, it is still data
 
 -- name: schedule_tick
 SELECT df._schedule_tick(%(expr)s) AS tick

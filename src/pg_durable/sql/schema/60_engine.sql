@@ -380,6 +380,30 @@ CREATE TRIGGER instances_cancelled AFTER UPDATE OF status ON df.instances
     FOR EACH ROW WHEN (NEW.status = 'cancelled' AND OLD.status IS DISTINCT FROM 'cancelled')
     EXECUTE FUNCTION df._on_instance_cancel();
 
+-- The UPDATE (status, updated_at) a role holds on df.instances is there for df.cancel. Any
+-- other change of status by a role — a running or waiting instance marked 'completed', a
+-- finished one set back to 'running' — would leave the instance and the engine's state out of
+-- step (a fiber waiting forever, a 'running' instance nothing runs), so only the engine (the
+-- owner of df.instances, or a superuser) makes it. SECURITY INVOKER: current_user is whoever
+-- updates.
+CREATE FUNCTION df._guard_instance_status() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = TG_RELID), 'USAGE') THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'Instance %: its status is the engine''s to change; a role may only cancel its own pending or running instance (df.cancel)',
+        OLD.id
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = format('status %s → %s refused', OLD.status, NEW.status);
+END
+$$;
+CREATE TRIGGER instances_status_guard BEFORE UPDATE OF status ON df.instances
+    FOR EACH ROW
+    WHEN (NEW.status IS DISTINCT FROM OLD.status
+          AND NOT (NEW.status = 'cancelled' AND OLD.status IN ('pending', 'running')))
+    EXECUTE FUNCTION df._guard_instance_status();
+
 -- Fail an instance the worker cannot run (malformed hand-built graph, dropped role, refused
 -- superuser, internal error): the instance and its root node carry the reason.
 CREATE FUNCTION df._fail_instance(p_instance text, p_message text) RETURNS void
@@ -405,6 +429,7 @@ REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_cancel() FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._guard_instance_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._schedule_tick(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._fail_instance(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_insert() FROM PUBLIC;
