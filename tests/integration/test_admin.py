@@ -4,73 +4,20 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors, sql
-from psycopg.conninfo import make_conninfo
 
 from pg_durable import __version__, schema
-from tests.fixtures.postgres import role_dsn
+from tests.fixtures.roles import Roles
 from tests.fixtures.sql import one, raises_exactly
 
 Conn = psycopg.Connection[Any]
 
 DENIED_SCHEMA = "permission denied for schema df"
-
-
-class Roles:
-    """Creates LOGIN roles with unique names (roles are cluster-wide and the server may be
-    shared) and connects as them; everything is dropped again when the test ends."""
-
-    def __init__(self, conn: Conn, dsn: str, db_name: str) -> None:
-        self._conn = conn
-        self._dsn = dsn
-        self._db_name = db_name
-        self._passwords: dict[str, str] = {}
-        self._conns: list[Conn] = []
-
-    def create(self, label: str, *, grant: bool = False, with_grant: bool = False) -> str:
-        name = f"{label} {self._db_name}" if " " in label else f"{label}_{self._db_name}"
-        password = secrets.token_hex(8)
-        self._conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(name), sql.Literal(password)
-            )
-        )
-        self._passwords[name] = password
-        if grant or with_grant:
-            self._conn.execute("SELECT df.grant_usage(%s, with_grant => %s)", (name, with_grant))
-        return name
-
-    def dsn(self, name: str, dbname: str | None = None) -> str:
-        base = self._dsn if dbname is None else make_conninfo(self._dsn, dbname=dbname)
-        return role_dsn(base, name, self._passwords[name])
-
-    def connect(self, name: str, dbname: str | None = None) -> Conn:
-        c = psycopg.connect(self.dsn(name, dbname), autocommit=True)
-        self._conns.append(c)
-        return c
-
-    def drop_all(self) -> None:
-        for c in self._conns:
-            c.close()
-        # Newest first: a delegated admin is dropped after the roles it granted to.
-        for name in reversed(list(self._passwords)):
-            self._conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
-            self._conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def roles(conn: Conn, dsn: str, db_name: str) -> Iterator[Roles]:
-    r = Roles(conn, dsn, db_name)
-    try:
-        yield r
-    finally:
-        r.drop_all()
 
 
 def notices(c: Conn) -> list[str]:

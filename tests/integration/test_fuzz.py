@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.engine import WorkerThread, wait_for
+from tests.fixtures.roles import Roles
 from tests.fixtures.sql import one
-from tests.integration.test_admin import Roles
 
 Conn = psycopg.Connection[Any]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,19 +19,10 @@ import pytest
 from psycopg import errors, sql
 
 from tests.fixtures.engine import WorkerThread, wait_for
+from tests.fixtures.roles import Roles
 from tests.fixtures.sql import one
-from tests.integration.test_admin import Roles
 
 Conn = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def roles(conn: Conn, dsn: str, db_name: str) -> Iterator[Roles]:
-    r = Roles(conn, dsn, db_name)
-    try:
-        yield r
-    finally:
-        r.drop_all()
 
 
 @dataclass
@@ -1200,3 +1190,34 @@ def test_gigantic_graphs_built_with_the_dsl_get_the_spec_texts(roles: Roles) -> 
     )
     u.conn.execute(build.format(n=256, grow="@> wf"))
     assert one(u.conn, "SELECT count(*) FROM df.instances") == 2
+
+
+# ===========================================================================================
+# 6. Role names that need quoting
+
+
+@pytest.mark.parametrize("label", ["Mixed Case", "quo'te", 'dq"uote', "select", "semi;colon"])
+def test_a_role_whose_name_needs_quoting_runs_workflows(
+    roles: Roles, conn: Conn, worker: WorkerThread, label: str
+) -> None:
+    """Its name reaches SQL only as an identifier: steps (described under SET ROLE, run
+    through its step function), its variables, signals and monitoring all work."""
+    u = user(roles, label)
+    assert one(u.conn, "SELECT df.setvar('k', 'v')") == "OK"
+    iid = start(
+        u.conn,
+        "'SELECT current_user AS who, ''{k}'' AS k' |=> 'me' "
+        "~> (df.wait_for_signal('go') |=> 'sig') "
+        "~> 'SELECT $me.who AS who, ($sig.data::jsonb->>''n'')::int AS n'",
+    )
+    wait_until_waiting(u, iid)
+    assert one(u.conn, "SELECT df.signal(%s, 'go', '{\"n\": 7}')", (iid,)) is not None
+    assert wait_for(u.conn, iid) == "completed", output_of_role(u, iid)
+    assert json.loads(one(u.conn, "SELECT df.result(%s)", (iid,))) == {
+        "rows": [{"who": u.name, "n": 7}],
+        "row_count": 1,
+    }
+    assert one(u.conn, "SELECT count(*) FROM df.list_instances()") == 1
+    assert one(conn, "SELECT submitted_by::text FROM df.instances WHERE id = %s", (iid,)) == (
+        one(conn, "SELECT quote_ident(%s)", (u.name,))
+    )
