@@ -507,8 +507,18 @@ def test_revoke_only_removes_the_callers_grants(conn: Conn, roles: Roles) -> Non
     a.execute("SELECT * FROM df.metrics()")
 
 
+HTTP_FUNCTIONS = (
+    "df.http(text,text,text,jsonb,integer)",
+    "df.http_multipart(text,text,jsonb,jsonb,integer)",
+)
+
+
 def test_include_http_needs_the_http_functions(conn: Conn, roles: Roles) -> None:
+    """An installation whose HTTP functions were dropped (to take HTTP away for good) says so
+    instead of granting half of what was asked."""
     user = roles.create("nohttp")
+    for f in HTTP_FUNCTIONS:
+        conn.execute(f"DROP FUNCTION {f}")
     with pytest.raises(
         errors.UndefinedFunction,
         match=re.escape(
@@ -524,29 +534,6 @@ def test_include_http_needs_the_http_functions(conn: Conn, roles: Roles) -> None
         roles.connect(user).execute("SELECT df.status('0000000a')")
 
 
-HTTP_FUNCTIONS = (
-    "df.http(text,text,text,jsonb,integer)",
-    "df.http_multipart(text,text,jsonb,jsonb,integer)",
-)
-
-
-@pytest.fixture
-def http_stubs(conn: Conn) -> None:
-    """Stand-ins for df.http/df.http_multipart (not in this schema yet), closed to PUBLIC."""
-    conn.execute(
-        "CREATE FUNCTION df.http(url text, method text DEFAULT 'POST', body text DEFAULT NULL, "
-        "headers jsonb DEFAULT NULL, timeout_seconds int DEFAULT 30) RETURNS text "
-        "LANGUAGE sql AS $$ SELECT 'http' $$"
-    )
-    conn.execute(
-        "CREATE FUNCTION df.http_multipart(url text, method text DEFAULT 'POST', "
-        "parts jsonb DEFAULT NULL, headers jsonb DEFAULT NULL, timeout_seconds int DEFAULT 30) "
-        "RETURNS text LANGUAGE sql AS $$ SELECT 'multipart' $$"
-    )
-    for f in HTTP_FUNCTIONS:
-        conn.execute(f"REVOKE ALL ON FUNCTION {f} FROM PUBLIC")
-
-
 def has_http(conn: Conn, role: str) -> list[bool]:
     return [
         one(conn, "SELECT has_function_privilege(%s, %s, 'EXECUTE')", (role, f))
@@ -554,19 +541,21 @@ def has_http(conn: Conn, role: str) -> list[bool]:
     ]
 
 
-@pytest.mark.usefixtures("http_stubs")
 def test_include_http(conn: Conn, roles: Roles) -> None:
     user = roles.create("http_user")
     plain = roles.create("http_plain", grant=True)
     conn.execute("SELECT df.grant_usage(%s, include_http => true)", (user,))
     assert has_http(conn, user) == [True, True]
     assert has_http(conn, plain) == [False, False]
-    assert one(roles.connect(user), "SELECT df.http('https://example.org')") == "http"
+    u = roles.connect(user)
+    u.execute("SET pg_durable.http_policy = 'allow-all'")
+    assert one(u, "SELECT df.http('https://example.org')").startswith('{"node_type":"HTTP"')
+    with raises_exactly(errors.InsufficientPrivilege, "permission denied for function http"):
+        roles.connect(plain).execute("SELECT df.http('https://example.org')")
     conn.execute("SELECT df.revoke_usage(%s)", (user,))
     assert has_http(conn, user) == [False, False]
 
 
-@pytest.mark.usefixtures("http_stubs")
 def test_delegated_http_needs_http_with_grant_option(conn: Conn, roles: Roles) -> None:
     admin = roles.create("adm_nohttp", with_grant=True)
     http_admin = roles.create("adm_http")

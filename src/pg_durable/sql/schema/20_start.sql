@@ -22,8 +22,9 @@ CREATE TYPE df._flat_graph AS (
 -- the two graph-wide limits (depth, node count) by themselves.
 -- Nodes get their index when visited, so the arrays (and the df.nodes rows inserted from
 -- them) are in pre-order; a child is linked into its parent's slot at that moment.
+-- STABLE, not IMMUTABLE: an HTTP node's limits are settings (12_http.sql).
 CREATE FUNCTION df._flatten(fut jsonb) RETURNS df._flat_graph
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     valid_types constant text[] := ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
         'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL'];
@@ -223,6 +224,13 @@ BEGIN
                         OR (cfg->>'timeout_seconds')::numeric NOT BETWEEN 1 AND 2147483647) THEN
                     RAISE EXCEPTION '% %: Timeout must be positive', graph_err, path;
                 END IF;
+            ELSIF kind IN ('HTTP', 'HTTP_MULTIPART') THEN
+                -- What df.http / df.http_multipart check (12_http.sql), stored as they store it.
+                err := df._http_config_error(kind, cfg);
+                IF err IS NOT NULL THEN
+                    RAISE EXCEPTION '% %: %', graph_err, path, err;
+                END IF;
+                q := df._http_config_text(kind, cfg);
             END IF;
         END CASE;
         a_types[idx] := kind;

@@ -260,7 +260,7 @@ $$;
 -- Dry run of an envelope: validated exactly as df.start validates it (df._flatten), errors
 -- returned as text.
 CREATE FUNCTION df._explain_envelope(fut jsonb) RETURNS text
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     kind text := fut->>'node_type';
 BEGIN
@@ -294,7 +294,7 @@ $fn$;
 
 -- A JSON object given to df.explain: an envelope, or a hint about what it is not.
 CREATE FUNCTION df._explain_json(j jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN j ? 'node_type' THEN df._explain_envelope(j)
         WHEN j->>'_partial_if' = 'true' THEN df._explain_cannot(
