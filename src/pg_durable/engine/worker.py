@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "pg_durable"
 _SWEEP_INTERVAL = 30.0
+#: Finished instances removed per transaction (SPEC's reclaim batch).
+_PRUNE_BATCH = 1000
 #: Notifications of new work per second above which a slot lets a small batch gather first.
 _BUSY_RATE = 200
 _SMALL_BATCH = 8
@@ -278,7 +280,35 @@ class Worker:
                 conn = await self._control_conn()
                 await conn.execute(query("sweep"))
                 await conn.execute(query("sweep_signals"))
+            await self._prune()
             await self._sleep_or_stop(_SWEEP_INTERVAL)
+
+    async def _prune(self) -> None:
+        """Remove finished instances past pg_durable.retention_days, a batch per transaction
+        (the control lock is let go between batches, so nothing waits long for it)."""
+        removed = _PRUNE_BATCH
+        total = 0
+        while removed == _PRUNE_BATCH and not self._stopping.is_set():
+            async with self._control_lock:
+                conn = await self._control_conn()
+                try:
+                    cur = await conn.execute(query("prune_finished"), {"batch": _PRUNE_BATCH})
+                except psycopg.errors.InvalidParameterValue as exc:
+                    logger.warning(
+                        "not removing finished instances: %s",
+                        exc.diag.message_primary,
+                        extra={"action": "retention", **self.log_extra},
+                    )
+                    return
+                row = await cur.fetchone()
+            removed = int(row["removed"]) if row is not None else 0
+            total += removed
+        if total:
+            logger.info(
+                "removed %d finished instances past their retention period",
+                total,
+                extra={"action": "retention", **self.log_extra},
+            )
 
     def _on_work(self) -> None:
         """New work was committed somewhere: one slot looks (and, if it finds some, it wakes

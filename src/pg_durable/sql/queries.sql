@@ -121,6 +121,10 @@ DELETE FROM df._signals
                                     AND i.status IN ('pending', 'running'))
                LIMIT 1000)
 
+-- name: prune_finished
+-- One batch of finished instances past the retention period (70_retention.sql).
+SELECT df._prune_finished(%(batch)s) AS removed
+
 -- name: next_run_at
 -- Seconds until the next timer. Only future ones: a fiber due now that the claim did not get
 -- is held by another slot, which carries it on or wakes this one when it lets it go.
