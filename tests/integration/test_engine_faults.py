@@ -134,3 +134,29 @@ def test_cancel_stops_the_running_statement_and_nothing_after_it_runs(
     # The worker is unharmed.
     _, status = run_workflow(conn, "'SELECT 1'")
     assert status == "completed"
+
+
+def terminate_worker_backends(conn: Conn, db_name: str) -> None:
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND application_name LIKE 'pg_durable:worker%%'",
+        (db_name,),
+    )
+
+
+def test_a_server_that_cannot_write_holds_work_back_and_fails_nothing(
+    conn: Conn, db_name: str, worker: WorkerThread, caplog: Any
+) -> None:
+    """A read-only server (a standby after failover, say): the worker's transactions fail with
+    read_only_sql_transaction. That is no step's failure: work waits, and goes on once the
+    server takes writes again."""
+    conn.execute(f'ALTER DATABASE "{db_name}" SET default_transaction_read_only = on')
+    terminate_worker_backends(conn, db_name)  # they come back read-only
+    iid = str(conn.execute("SELECT df.start('SELECT 1' ~> 'SELECT 2')").fetchone()[0])  # type: ignore[index]
+    time.sleep(2.0)
+    status = conn.execute("SELECT status FROM df.instances WHERE id = %s", (iid,)).fetchone()
+    assert status == ("pending",)
+    conn.execute(f'ALTER DATABASE "{db_name}" RESET default_transaction_read_only')
+    assert wait_for(conn, iid, timeout=30) == "completed"
+    assert "read-only transaction" in caplog.text
+    assert "internal error" not in caplog.text

@@ -30,6 +30,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import DictRow
 
+from pg_durable.engine.faults import transient
 from pg_durable.engine.identity import (
     MISSING_FUNCTION,
     RESULT_TOO_LARGE,
@@ -133,9 +134,9 @@ class SqlSteps:
             columns = await self.runner.describe(conns.side, role, text)
         except RoleGone:
             return _role_gone(instance_id)
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as exc:
+            if transient(exc):  # (creating the step function on a read-only server, say)
+                raise
             if batched:
                 # The statement may refer to what an earlier step of this batch created (the
                 # side connection cannot see it yet): decide in a transaction of its own.
@@ -226,9 +227,9 @@ class SqlSteps:
         CREATE INDEX CONCURRENTLY waits for every older transaction."""
         try:
             await self.runner.run_autocommit(conns.side, role, text)
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as exc:
+            if transient(exc):
+                raise
             return sql_failure(exc.diag.message_primary or str(exc))
         return Ok(EMPTY_RESULT)
 

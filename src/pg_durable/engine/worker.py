@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 from pg_durable import __version__
 from pg_durable.engine import remote
 from pg_durable.engine.executor import Batch, Executor
+from pg_durable.engine.faults import transient
 from pg_durable.engine.identity import StepRunner
 from pg_durable.engine.remote import RemoteDatabases
 from pg_durable.engine.sqlstep import AConn, Connections
@@ -234,16 +235,28 @@ class Worker:
             try:
                 await body()
                 backoff.reset()
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                if not transient(exc):
+                    raise
+                await self._drop_shared_connections()
                 delay = backoff.next()
-                logger.warning(
-                    "%s lost its connection (%s); retrying in %.1fs",
-                    name,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    delay,
-                    extra={"action": "reconnect", **self.log_extra},
-                )
+                if backoff.failures == 1:  # one line per outage, not one per attempt
+                    logger.warning(
+                        "%s interrupted (%s); retrying with backoff",
+                        name,
+                        _first_line(exc),
+                        extra={"action": "reconnect", **self.log_extra},
+                    )
                 await self._sleep_or_stop(delay)
+
+    async def _drop_shared_connections(self) -> None:
+        """Close the connections the side tasks and slots share after an error that says the
+        server cannot work right now: one that refuses writes (a standby after a failover) is
+        still open, and only a new connection finds out whether it takes writes again."""
+        for shared in (self._control, self._ddl):
+            if shared is not None and not shared.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await shared.close()
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -384,20 +397,26 @@ class Worker:
                     await self._idle(slot)
             except asyncio.CancelledError:
                 raise
-            except psycopg.OperationalError as exc:
+            except Exception as exc:
+                if not transient(exc):
+                    await self._internal_error(slot, exc)
+                    continue
+                refused = slot.conns is not None and not (
+                    _lost(slot.conns.conn) or _lost(slot.conns.side)
+                )
                 await _close(slot.conns)
+                if refused:  # the server refused work on a live connection (read-only, full)
+                    await self._drop_shared_connections()
                 slot.conns = None
                 delay = backoff.next()
                 if backoff.failures == 1:
                     logger.warning(
-                        "slot %d lost its connection (%s); reconnecting",
+                        "slot %d interrupted (%s); reconnecting with backoff",
                         slot.index,
                         _first_line(exc),
                         extra={"action": "reconnect", **self.log_extra},
                     )
                 await self._sleep_or_stop(delay)
-            except Exception as exc:
-                await self._internal_error(slot, exc)
             finally:
                 slot.instance_id = None
                 slot.batch_started = None
