@@ -367,6 +367,10 @@ BUILD_ERRORS: list[tuple[str, str]] = [
         "HTTP header 'X-A': the value must not contain CR or LF characters",
     ),
     (
+        'df.http(\'https://x.example.com\', headers => \'{"Accept": "a", "accept": "b"}\')',
+        "HTTP header 'accept' is given twice (header names are case-insensitive)",
+    ),
+    (
         "df.http('https://x.example.com', 'POST', repeat('x', 10485761))",
         "HTTP request body is 10485761 bytes, more than pg_durable.http_max_request_bytes "
         "(10485760); send less data per request, or raise the setting",
@@ -937,6 +941,11 @@ def test_request_checks_by_policy(conn: Conn) -> None:
         assert request_error(conn, url) is None
     assert request_error(conn, "file:///etc/passwd") == (
         "Blocked: unsupported URL scheme 'file'. Only http and https are allowed."
+    )
+    assert request_error(conn, "") == "url is required and cannot be NULL or empty"
+    assert (
+        one(conn, "SELECT df._http_request_error('HTTP', 'postgres', NULL)")
+        == "url is required and cannot be NULL or empty"
     )
     # After substitution nothing is a template any more: the scheme is always checked.
     assert request_error(conn, "{base}/x") == (

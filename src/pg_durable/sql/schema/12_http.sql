@@ -159,25 +159,32 @@ BEGIN
 END
 $$;
 
--- The scheme check (SPEC §3.3 step 2), or NULL when it passes. `template`: the URL of a step
--- being built, whose scheme a variable may still provide — the check is skipped when the text
--- that gives the scheme contains '{' or '$'. (pg_durable skips it whenever the URL contains
--- '{'; a literal scheme followed by a placeholder is checked here, as it would fail anyway.)
-CREATE FUNCTION df._http_scheme_error(url text, template boolean) RETURNS text
+-- What is wrong with a URL, or NULL: missing, a scheme other than http/https (SPEC §3.3
+-- step 2: the text before '://', lower-cased), control characters (a CR/LF would end the
+-- request line). `template`: the URL of a step being built, whose scheme a reference may still
+-- provide — the scheme is not checked when the text that gives it contains '{' or '$'.
+-- (pg_durable skips the check whenever the URL contains '{'; a literal scheme followed by a
+-- placeholder is checked here, as it would fail anyway.)
+CREATE FUNCTION df._http_url_error(url text, template boolean) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p int := strpos(url, '://');
 BEGIN
-    IF template AND (CASE WHEN p > 0 THEN left(url, p - 1) ELSE url END) ~ '[{$]' THEN
-        RETURN NULL;
+    IF coalesce(url, '') = '' THEN
+        RETURN 'url is required and cannot be NULL or empty';
     END IF;
-    IF p = 0 THEN
-        RETURN format('Invalid URL ''%s'': it must start with http:// or https://',
-                      CASE WHEN length(url) > 100 THEN left(url, 97) || '...' ELSE url END);
+    IF NOT (template AND (CASE WHEN p > 0 THEN left(url, p - 1) ELSE url END) ~ '[{$]') THEN
+        IF p = 0 THEN
+            RETURN format('Invalid URL ''%s'': it must start with http:// or https://',
+                          CASE WHEN length(url) > 100 THEN left(url, 97) || '...' ELSE url END);
+        END IF;
+        IF lower(left(url, p - 1)) NOT IN ('http', 'https') THEN
+            RETURN format('Blocked: unsupported URL scheme ''%s''. Only http and https are allowed.',
+                          lower(left(url, p - 1)));
+        END IF;
     END IF;
-    IF lower(left(url, p - 1)) NOT IN ('http', 'https') THEN
-        RETURN format('Blocked: unsupported URL scheme ''%s''. Only http and https are allowed.',
-                      lower(left(url, p - 1)));
+    IF url ~ '[\x01-\x1f\x7f]' THEN
+        RETURN 'url must not contain control characters (CR, LF, TAB, ...)';
     END IF;
     RETURN NULL;
 END
@@ -210,8 +217,8 @@ BEGIN
 END
 $$;
 
--- What the worker asks before each request (SPEC §3.3 steps 1–3 and the policy), given the
--- URL after substitution: NULL when the request may go out, else the reason it is blocked,
+-- What the worker asks before each request (the policy, then SPEC §3.3 steps 1–3; a URL with
+-- control characters is refused too), given the URL after substitution: NULL when the request may go out, else the reason it is blocked,
 -- which fails the node. `host`: the host the worker's own URL parser found, so that the host
 -- checked is the host connected to; NULL → df._http_url_host(url). An invalid setting raises.
 -- Step 4 (the addresses DNS gives, unless the policy is allow-all) is the worker's.
@@ -227,12 +234,9 @@ BEGIN
     IF policy = 'off' THEN
         RETURN 'Blocked: outbound HTTP requests are disabled. Set pg_durable.http_policy to ''allow-list'' (with pg_durable.http_allowed_hosts) or ''allow-all'' to enable them.';
     END IF;
-    err := coalesce(df._http_privilege_error(node_type, role), df._http_scheme_error(url, false));
+    err := coalesce(df._http_privilege_error(node_type, role), df._http_url_error(url, false));
     IF err IS NOT NULL THEN
         RETURN err;
-    END IF;
-    IF url ~ '[\x01-\x1f\x7f]' THEN
-        RETURN 'url must not contain control characters (CR, LF, TAB, ...)';
     END IF;
     IF policy = 'allow-all' THEN
         RETURN NULL;
@@ -261,7 +265,6 @@ CREATE FUNCTION df._http_config_error(kind text, cfg jsonb) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tchar    constant text := '[!#$%&''*+.^_`|~0-9A-Za-z-]';
-    url      text;
     method   text;
     timeout  numeric;
     max_time bigint;
@@ -269,6 +272,7 @@ DECLARE
     size     bigint := 0;
     h        record;
     p        record;
+    seen     text[] := '{}';
     pname    text;
     v        text;
     err      text;
@@ -277,20 +281,13 @@ BEGIN
         RETURN 'query in ' || kind || ' must be a JSON config object';
     END IF;
 
-    -- url
-    IF coalesce(jsonb_typeof(cfg->'url'), 'null') = 'null' OR cfg->>'url' = '' THEN
-        RETURN 'url is required and cannot be NULL or empty';
-    END IF;
-    IF jsonb_typeof(cfg->'url') <> 'string' THEN
+    -- url (NULL or empty: the scheme check says so)
+    IF coalesce(jsonb_typeof(cfg->'url'), 'null') NOT IN ('null', 'string') THEN
         RETURN 'url must be a JSON string';
     END IF;
-    url := cfg->>'url';
-    err := df._http_scheme_error(url, true);
+    err := df._http_url_error(cfg->>'url', true);
     IF err IS NOT NULL THEN
         RETURN err;
-    END IF;
-    IF url ~ '[\x01-\x1f\x7f]' THEN
-        RETURN 'url must not contain control characters (CR, LF, TAB, ...)';
     END IF;
 
     -- method
@@ -404,6 +401,11 @@ BEGIN
                 RETURN format('HTTP header ''%s'' cannot be set: the HTTP client sets it itself. Headers that cannot be set: Host, Content-Length, Transfer-Encoding, Connection, Keep-Alive, Upgrade, TE, Trailer, Expect and Proxy-*',
                               h.key);
             END IF;
+            IF lower(h.key) = ANY (seen) THEN
+                RETURN format('HTTP header ''%s'' is given twice (header names are case-insensitive)',
+                              h.key);
+            END IF;
+            seen := seen || lower(h.key);
             IF kind = 'HTTP_MULTIPART' AND lower(h.key) = 'content-type' THEN
                 RETURN format('HTTP header ''%s'' cannot be set on a multipart request: the HTTP client sets it, with the boundary between the parts',
                               h.key);
