@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.fixtures.crash import LEDGER, spawn_worker, wait_until
 from tests.fixtures.engine import WorkerThread, wait_for
 from tests.fixtures.postgres import Server
 
 Conn = psycopg.Connection[Any]
-
-LEDGER = (
-    "CREATE TABLE ledger (instance text, step int, at timestamptz DEFAULT clock_timestamp(), "
-    "UNIQUE (instance, step))"
-)
 
 
 def step(n: int, sleep: float = 0.0) -> str:
@@ -43,25 +37,6 @@ def start(conn: Conn, dsl: str, count: int) -> list[str]:
         assert row is not None
         ids.append(str(row[0]))
     return ids
-
-
-def spawn_worker(dsn: str) -> subprocess.Popen[bytes]:
-    code = (
-        "import asyncio, sys\n"
-        "from pg_durable.engine.worker import Worker\n"
-        "from pg_durable.settings import Settings\n"
-        "asyncio.run(Worker(Settings(dsn=sys.argv[1], concurrency=4, poll_interval=0.2)).run())\n"
-    )
-    return subprocess.Popen([sys.executable, "-c", code, dsn])
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def assert_exactly_once(conn: Conn, ids: list[str], steps: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.acceptance.test_crash_recovery import LEDGER, spawn_worker, wait_until
+from tests.fixtures.crash import LEDGER, spawn_worker, wait_until
 from tests.fixtures.postgres import Server
 
 Conn = psycopg.Connection[Any]
