@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.engine",
     "tests.fixtures.roles",
+    "tests.fixtures.http_server",
 ]

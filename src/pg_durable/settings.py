@@ -27,6 +27,10 @@ DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 #: two million tiny rows, and the worker holds every row as Python objects (some hundreds of
 #: bytes each) while it shapes the result; 100,000 rows is ten times what ``$name.*`` expands.
 DEFAULT_MAX_RESULT_ROWS = 100_000
+#: Largest HTTP response body a step reads, in bytes; a larger one fails the step. Its result —
+#: the body, as base64 if binary (a third more) — is stored with the instance and carried to the
+#: steps after it, so it is kept to the size of a result a workflow passes on.
+DEFAULT_HTTP_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,9 @@ class Settings:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     #: Rows a SQL step's result may hold; more fail the step.
     max_result_rows: int = DEFAULT_MAX_RESULT_ROWS
+    #: Bytes of an HTTP response's body a step reads; a larger response fails the step. (The
+    #: policy and the limits on requests are server settings: docs/http.md.)
+    http_max_response_bytes: int = DEFAULT_HTTP_MAX_RESPONSE_BYTES
     #: Seconds between polls for work when no NOTIFY arrives (NOTIFY is a hint, not the truth).
     poll_interval: float = 1.0
     #: Seconds between heartbeats written to df._workers.
@@ -94,7 +101,7 @@ class Settings:
             )
         if self.loop_min_interval < 0:
             raise ConfigurationError("loop_min_interval cannot be negative")
-        for name in ("max_result_bytes", "max_result_rows"):
+        for name in ("max_result_bytes", "max_result_rows", "http_max_response_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("poll_interval", "heartbeat_interval", "reconnect_max_backoff"):

@@ -34,6 +34,7 @@ _HELP = {
     "loop_min_interval": "seconds an iteration of a loop takes at least",
     "max_result_bytes": "bytes a SQL step's result may hold (its rows as JSON); more fail the step",
     "max_result_rows": "rows a SQL step's result may hold; more fail the step",
+    "http_max_response_bytes": "bytes of an HTTP response's body a step reads; more fail the step",
     "poll_interval": "seconds between polls for work when no NOTIFY arrives",
     "heartbeat_interval": "seconds between heartbeats written to df._workers",
     "shutdown_grace": "seconds a graceful stop waits for in-flight steps before cancelling",

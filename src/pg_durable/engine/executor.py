@@ -19,6 +19,10 @@ slow only ever runs first in its batch, so a quick step waits at most that long,
 slow step, before its effects commit. What a batch cannot record — a statement that needs
 autocommit, two steps of one batch that deadlock, a statement that aborted the transaction —
 runs again alone (:meth:`Executor.run_single`).
+
+An HTTP step never waits on the network inside a transaction: it runs alone, leases its fiber
+(for the request's timeout and a margin) and commits, sends its request, then claims the fiber
+again and records the response (:meth:`Executor.run_single`, engine/http.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Any, Final
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pg_durable.engine.http import Admitted, HttpSteps
+from pg_durable.engine.http_request import describe
 from pg_durable.engine.identity import Role, StepRunner
 from pg_durable.engine.remote import RemoteDatabases, receipt_key
 from pg_durable.engine.sqlstep import (
@@ -42,7 +48,7 @@ from pg_durable.engine.sqlstep import (
     SqlSteps,
     Statement,
 )
-from pg_durable.errors import GraphError, SubstitutionError
+from pg_durable.errors import GraphError, StepError, SubstitutionError
 from pg_durable.graph.interpreter import (
     ChildResult,
     Context,
@@ -71,6 +77,9 @@ _MAX_INLINE: Final = 64
 _GRAPH_CACHE_NODES: Final = 20_000
 #: Seconds a fiber stays leased to the worker running its autocommit statement.
 AUTOCOMMIT_LEASE: Final = 3600
+#: Seconds a fiber stays leased past its HTTP request's timeout: time to claim it again and
+#: record the response. A worker that dies mid-request holds the step up no longer than that.
+HTTP_LEASE_MARGIN: Final = 30
 #: Times a fiber's statement runs again (alone) before that counts as an internal error.
 _MAX_RERUNS: Final = 5
 #: Steps done in the worker's transaction, without a user statement.
@@ -126,6 +135,15 @@ class _NeedsAutocommit(Exception):
         self.statement = statement
 
 
+class _NeedsNetwork(Exception):
+    """Send the admitted HTTP request of ``node_id`` with no transaction open."""
+
+    def __init__(self, node_id: str, admitted: Admitted) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+        self.admitted = admitted
+
+
 @dataclass(slots=True)
 class _Run:
     """One fiber on its way through a transaction."""
@@ -143,6 +161,9 @@ class _Run:
     statement: Statement | None = None
     #: (database, key) of the receipt its statement left in another database, if it did.
     receipt: tuple[str, str] | None = None
+    #: Run by run_single, which may commit in the middle of the step to work outside any
+    #: transaction (an HTTP request); in a batch such a step is run alone instead.
+    alone: bool = False
 
 
 class Executor:
@@ -152,6 +173,7 @@ class Executor:
         self,
         runner: StepRunner,
         remote: RemoteDatabases,
+        http: HttpSteps,
         *,
         batch_window: float,
         loop_max_iterations: int = 100_000,
@@ -162,6 +184,7 @@ class Executor:
         self.loop_min_interval = loop_min_interval
         self.sql = SqlSteps(runner, slow_seconds=batch_window)
         self.remote = remote
+        self.http = http
         #: Instances by id, as loaded (or why they cannot run), least recently used first, and
         #: the number of graph nodes they hold.
         self._instances: OrderedDict[str, LoadedInstance | InstanceUnrunnable] = OrderedDict()
@@ -185,7 +208,7 @@ class Executor:
             return Batch([], len(rows))
         except psycopg.OperationalError:
             raise
-        except _NeedsAutocommit:  # (one fiber only) run_single knows how
+        except (_NeedsAutocommit, _NeedsNetwork):  # (one fiber only) run_single knows how
             await self._rollback(conns)
             return Batch([Retry.of(rows[0])], 0)
         except Exception:
@@ -233,8 +256,28 @@ class Executor:
                 known[needs.node_id] = await self.remote.steps(statement.database).run_autocommit(
                     linked, statement.role, statement.text
                 )
+        except _NeedsNetwork as network:
+            # Lease the fiber for as long as the request may take (and commit): no transaction
+            # waits on the network. If this worker dies meanwhile, the lease runs out and
+            # another worker sends the request again, with the same idempotency key.
+            request = network.admitted.request
+            cur = await conn.execute(
+                query("lease_request"),
+                {
+                    "scope": row["scope"],
+                    "version": row["version"],
+                    "seconds": request.timeout + HTTP_LEASE_MARGIN,
+                    "node_id": network.node_id,
+                    "key": f"{row['instance_id']}-{network.node_id}-{row['version']}",
+                },
+            )
+            leased = await cur.fetchone()
+            await conn.execute("COMMIT")
+            if leased is None:
+                return
+            known[network.node_id] = await self.http.send(network.admitted, str(leased["key"]))
         # Claim the fiber again, as leased; if the lease ran out and another worker took it,
-        # that worker runs the statement again (at least once).
+        # that worker runs the statement (or sends the request) again: at least once.
         await conn.execute("BEGIN")
         cur = await conn.execute(
             query("claim_scope"), {"scope": row["scope"], "version": int(leased["version"])}
@@ -313,7 +356,7 @@ class Executor:
         )
         for row in rows:
             try:
-                run = await self._start(conns, row, known or {}, batched=batched)
+                run = await self._start(conns, row, known, batched=batched)
             except RunAlone:
                 alone.append(row)
                 continue
@@ -399,7 +442,7 @@ class Executor:
         await self._carry_on(conns, run, batched=False)
 
     async def _start(
-        self, conns: Connections, row: Row, known: dict[str, Outcome], *, batched: bool
+        self, conns: Connections, row: Row, known: dict[str, Outcome] | None, *, batched: bool
     ) -> _Run | None:
         """Phase 1 for one fiber: decide, up to its statement if it has one. None: the fiber
         was dropped or its instance failed (already written)."""
@@ -431,7 +474,15 @@ class Executor:
             min_iteration_seconds=self.loop_min_interval,
             max_result_bytes=self.sql.runner.max_result_bytes,
         )
-        run = _Run(row, loaded, fiber, plan, Interpreter(ctx, fiber, plan), known)
+        run = _Run(
+            row,
+            loaded,
+            fiber,
+            plan,
+            Interpreter(ctx, fiber, plan),
+            {} if known is None else known,
+            alone=known is not None,
+        )
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:
             run.interp.start()
@@ -479,6 +530,9 @@ class Executor:
             return
         if node.type == "WAIT_SCHEDULE":
             await self._wait_for_schedule(conns.conn, run, node)
+            return
+        if node.type in ("HTTP", "HTTP_MULTIPART"):
+            await self._http_step(run, node)
             return
         if node.type != "SQL":
             run.interp.complete_step(
@@ -537,6 +591,30 @@ class Executor:
             run.interp.complete_step(prepared)
         else:
             run.statement = prepared
+
+    async def _http_step(self, run: _Run, node: Node) -> None:
+        """Complete an HTTP step with its response, once sent (run_single sends it, with no
+        transaction open); before that, describe and admit its request."""
+        loaded, fiber = run.loaded, run.fiber
+        outcome = run.known.pop(node.id, None)
+        if outcome is None:
+            if not run.alone:
+                raise RunAlone  # (a batch's transaction cannot wait for the network)
+            try:
+                request = describe(
+                    node,
+                    variables=loaded.variables,
+                    results=fiber.results,
+                    instance_id=loaded.graph.instance_id,
+                    label=loaded.label,
+                )
+                admitted = await self.http.admit(request, loaded.role.oid)
+            except StepError as exc:
+                outcome = Failed(str(exc))
+            else:
+                raise _NeedsNetwork(node.id, admitted)
+        fiber.state.pop("request", None)  # (its idempotency key: lease_request)
+        run.interp.complete_step(outcome)
 
     async def _wait_for_signal(self, conn: AnyConn, run: _Run, node: Node) -> None:
         """Complete the SIGNAL step with the oldest signal of its name in the inbox, or with a

@@ -31,6 +31,7 @@ from pg_durable import __version__
 from pg_durable.engine import remote
 from pg_durable.engine.executor import Batch, Executor
 from pg_durable.engine.faults import transient
+from pg_durable.engine.http import HttpClient, HttpSteps
 from pg_durable.engine.identity import StepRunner
 from pg_durable.engine.remote import RemoteDatabases
 from pg_durable.engine.sqlstep import AConn, Connections
@@ -87,6 +88,7 @@ class Worker:
                 runner,
                 slow_seconds=settings.batch_window,
             ),
+            HttpSteps(HttpClient(settings.http_max_response_bytes), lambda: self._connect("http")),
             batch_window=settings.batch_window,
             loop_max_iterations=settings.loop_max_iterations,
             loop_min_interval=settings.loop_min_interval,
@@ -226,6 +228,7 @@ class Worker:
         for shared in (self._control, self._ddl):
             if shared is not None:
                 await shared.close()
+        await self.executor.http.close()
         logger.info("worker stopped", extra={"action": "worker_stopped", **self.log_extra})
 
     async def _resilient(self, name: str, body: Callable[[], Awaitable[None]]) -> None:

@@ -287,3 +287,39 @@ INSERT INTO df_exec.remote_steps (key, outcome) VALUES (%(key)s, %(outcome)s)
 -- since: a fiber's next version never looks them up).
 DELETE FROM df_exec.remote_steps
  WHERE key = %(key)s OR done_at < now() - interval '1 day'
+
+-- name: lease_request
+-- Keep a fiber from being claimed while its HTTP request is sent outside any transaction
+-- (engine/executor.py): for the request's timeout and a margin, so that if this worker dies
+-- mid-request another sends it again soon after. The request's idempotency key is kept in the
+-- fiber's state the first time, so that the request sent again carries the same key.
+UPDATE df._fibers
+   SET run_at = now() + make_interval(secs => %(seconds)s), version = version + 1,
+       state = CASE WHEN state->'request'->>'node' = %(node_id)s THEN state
+                    ELSE state || jsonb_build_object('request',
+                                      jsonb_build_object('node', %(node_id)s::text,
+                                                         'key', %(key)s::text))
+               END
+ WHERE scope = %(scope)s AND version = %(version)s AND status = 'ready'
+RETURNING version, state->'request'->>'key' AS key
+
+-- name: http_settings
+-- A fingerprint of the settings ALTER DATABASE … SET and ALTER ROLE … SET gave this database
+-- and the worker's role: they reach only sessions that begin afterwards, so the session that
+-- asks the HTTP policy is opened again when it changes (engine/http.py).
+SELECT coalesce(md5(string_agg(s.setdatabase || '/' || s.setrole || '/'
+                               || array_to_string(s.setconfig, chr(10)), chr(10)
+                               ORDER BY s.setdatabase, s.setrole)), '') AS fingerprint
+  FROM pg_catalog.pg_db_role_setting s
+ WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
+                              WHERE datname = current_database()))
+   AND s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))
+
+-- name: http_gate
+-- Whether an HTTP step may send its request, and the limits it must keep (12_http.sql).
+-- host: the host the worker's URL parser found, so that the host checked is the one it
+-- connects to.
+SELECT df._http_request_error(%(node_type)s, %(role)s::oid::regrole, %(url)s, %(host)s) AS error,
+       df._http_policy() AS policy,
+       df._http_limit('pg_durable.http_max_timeout_seconds', 300) AS max_timeout,
+       df._http_limit('pg_durable.http_max_request_bytes', 10485760, true) AS max_request_bytes
