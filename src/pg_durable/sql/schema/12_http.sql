@@ -43,9 +43,11 @@ $$;
 
 -- A positive whole-number setting, or `fallback` when unset. `size`: a byte count, which may
 -- also be written with a unit ('10MB', as pg_size_bytes reads it).
+-- Functions that trap an error (a subtransaction) are not PARALLEL SAFE: a parallel operation
+-- cannot start one.
 CREATE FUNCTION df._http_limit(name text, fallback bigint, size boolean DEFAULT false)
 RETURNS bigint
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     raw text := btrim(coalesce(current_setting(name, true), ''));
     v   numeric;
@@ -262,7 +264,7 @@ $$;
 -- References to variables and results ({var}, $name) are left for the worker to substitute:
 -- a URL whose scheme is one is not checked, a data_b64 that is one is not decoded.
 CREATE FUNCTION df._http_config_error(kind text, cfg jsonb) RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tchar    constant text := '[!#$%&''*+.^_`|~0-9A-Za-z-]';
     method   text;
@@ -466,7 +468,7 @@ $$;
 -- A constructor's envelope: the policy first (off → SPEC's "disabled" error; allow-list →
 -- its host list must read), then the config's rules.
 CREATE FUNCTION df._http_envelope(kind text, cfg jsonb) RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     policy text := df._http_policy();
     hosts  text[];
@@ -493,7 +495,7 @@ $$;
 CREATE FUNCTION df.http(url text, method text DEFAULT 'POST', body text DEFAULT NULL,
                         headers jsonb DEFAULT NULL, timeout_seconds int DEFAULT 30)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN df._http_envelope('HTTP', jsonb_build_object('url', url, 'method', method,
                                                         'body', body, 'headers', headers,
@@ -504,7 +506,7 @@ $$;
 CREATE FUNCTION df.http_multipart(url text, method text DEFAULT 'POST', parts jsonb DEFAULT NULL,
                                   headers jsonb DEFAULT NULL, timeout_seconds int DEFAULT 30)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN df._http_envelope('HTTP_MULTIPART',
                              jsonb_build_object('url', url, 'method', method, 'parts', parts,
