@@ -32,6 +32,9 @@ DEFAULT_MAX_RESULT_ROWS = 100_000
 #: steps after it, so it is kept to the size of a result a workflow passes on.
 DEFAULT_HTTP_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 
+#: Largest step_timeout: what PostgreSQL's statement_timeout holds (INT_MAX milliseconds).
+MAX_STEP_TIMEOUT = 2_147_483
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -56,6 +59,10 @@ class Settings:
     #: Bytes of an HTTP response's body a step reads; a larger response fails the step. (The
     #: policy and the limits on requests are server settings: docs/http.md.)
     http_max_response_bytes: int = DEFAULT_HTTP_MAX_RESPONSE_BYTES
+    #: Seconds a SQL step's statement may run before it is cancelled and the step fails; 0: no
+    #: limit but the role's own statement_timeout (pg_durable's default). With that and
+    #: df.timeout, the smallest applies (docs/reliability.md).
+    step_timeout: float = 0.0
     #: Seconds between polls for work when no NOTIFY arrives (NOTIFY is a hint, not the truth).
     poll_interval: float = 1.0
     #: Seconds between heartbeats written to df._workers.
@@ -107,6 +114,11 @@ class Settings:
         for name in ("poll_interval", "heartbeat_interval", "reconnect_max_backoff"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive (got {getattr(self, name)})")
+        if not 0 <= self.step_timeout <= MAX_STEP_TIMEOUT:
+            raise ConfigurationError(
+                f"step_timeout must be between 0 (off) and {MAX_STEP_TIMEOUT} seconds "
+                f"(got {self.step_timeout})"
+            )
         if self.shutdown_grace < 0:
             raise ConfigurationError("shutdown_grace cannot be negative")
         if self.log_format not in ("text", "json"):

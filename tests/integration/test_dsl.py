@@ -20,7 +20,7 @@ Conn = psycopg.Connection[Any]
 
 VALID_TYPES = (
     "Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, "
-    "HTTP_MULTIPART, SIGNAL"
+    "HTTP_MULTIPART, SIGNAL, RETRY, TIMEOUT"
 )
 DF_TABLES = ("df.instances", "df.nodes", "df._fibers", "df._instance_state")
 

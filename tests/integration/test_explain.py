@@ -19,7 +19,7 @@ Conn = psycopg.Connection[Any]
 
 VALID_TYPES = (
     "Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, "
-    "HTTP_MULTIPART, SIGNAL"
+    "HTTP_MULTIPART, SIGNAL, RETRY, TIMEOUT"
 )
 CANNOT = (
     "Cannot explain input: not a valid Durofut JSON, instance ID, SQL statement, or DSL "

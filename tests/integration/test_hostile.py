@@ -796,7 +796,7 @@ START_REJECTS = [
     (
         env(node_type=5, query="a"),
         "Invalid durable function: Unknown node_type '5'. Valid types: SQL, THEN, IF, JOIN, "
-        "LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL",
+        "LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL, RETRY, TIMEOUT",
     ),
     (
         env(node_type="SQL", query="a", result_name=5),

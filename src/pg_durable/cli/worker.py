@@ -35,6 +35,10 @@ _HELP = {
     "max_result_bytes": "bytes a SQL step's result may hold (its rows as JSON); more fail the step",
     "max_result_rows": "rows a SQL step's result may hold; more fail the step",
     "http_max_response_bytes": "bytes of an HTTP response's body a step reads; more fail the step",
+    "step_timeout": (
+        "seconds a SQL step's statement may run before it fails; 0: no limit but the role's "
+        "own statement_timeout (with df.timeout, the smallest applies)"
+    ),
     "poll_interval": "seconds between polls for work when no NOTIFY arrives",
     "heartbeat_interval": "seconds between heartbeats written to df._workers",
     "shutdown_grace": "seconds a graceful stop waits for in-flight steps before cancelling",

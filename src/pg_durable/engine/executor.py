@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import psycopg
@@ -58,6 +58,7 @@ from pg_durable.graph.interpreter import (
     Ok,
     Outcome,
     Plan,
+    Stamp,
     outcome_from_json,
     outcome_to_json,
 )
@@ -178,10 +179,13 @@ class Executor:
         batch_window: float,
         loop_max_iterations: int = 100_000,
         loop_min_interval: float = 1.0,
+        step_timeout: float = 0.0,
     ) -> None:
         self.batch_window = batch_window
         self.loop_max_iterations = loop_max_iterations
         self.loop_min_interval = loop_min_interval
+        #: Seconds a SQL step's statement may run (0: no limit but the role's own).
+        self.step_timeout = step_timeout
         self.sql = SqlSteps(runner, slow_seconds=batch_window)
         self.remote = remote
         self.http = http
@@ -249,12 +253,12 @@ class Executor:
             statement = needs.statement
             if statement.database is None:
                 known[needs.node_id] = await self.sql.run_autocommit(
-                    conns, statement.role, statement.text
+                    conns, statement.role, statement.text, statement
                 )
             else:
                 linked = await self.remote.connections(conns, statement.database)
                 known[needs.node_id] = await self.remote.steps(statement.database).run_autocommit(
-                    linked, statement.role, statement.text
+                    linked, statement.role, statement.text, statement
                 )
         except _NeedsNetwork as network:
             # Lease the fiber for as long as the request may take (and commit): no transaction
@@ -493,7 +497,13 @@ class Executor:
                 return run
         elif "iterate" in fiber.state:
             run.interp.iterate()
-        elif node.type in ("JOIN", "RACE") or (node.type == "LOOP" and node.id != fiber.root_node):
+        elif "retry" in fiber.state:
+            run.interp.next_attempt()
+        elif node.type == "TIMEOUT" and fiber.spawned_at_node == node.id:
+            run.interp.time_out()  # (its timer: the deadline has come)
+        elif node.type in ("JOIN", "RACE", "RETRY", "TIMEOUT") or (
+            node.type == "LOOP" and node.id != fiber.root_node
+        ):
             run.interp.resume(await self._children(conn, fiber), row["first_done"])
         else:
             await self._step(conns, run, batched=batched)
@@ -546,6 +556,11 @@ class Executor:
         if outcome is not None:
             run.interp.complete_step(outcome)
             return
+        deadline = run.interp.deadline()
+        if deadline is not None and deadline[1] <= float(run.row["db_now"]):
+            # The time of a df.timeout around it is up: it does not start.
+            run.interp.complete_step(run.interp.timed_out(deadline[0]))
+            return
         try:
             text = substitute(
                 node.query or "",
@@ -563,11 +578,12 @@ class Executor:
         if batched and (
             self.sql.is_slow(text)
             or loaded.role.statement_timeout is not None
+            or deadline is not None
             or loaded.database is not None
         ):
             # A slow statement does not hold up a batch's quick ones; a statement timeout
-            # counts from the start of a top-level statement; a statement in another
-            # database commits there first.
+            # (the role's, a df.timeout's) counts from the start of a top-level statement; a
+            # statement in another database commits there first.
             raise RunAlone
         if loaded.database is not None:
             prepared = await self.remote.prepare(
@@ -590,7 +606,7 @@ class Executor:
         if isinstance(prepared, Failed):
             run.interp.complete_step(prepared)
         else:
-            run.statement = prepared
+            run.statement = replace(prepared, deadline=deadline, step_timeout=self.step_timeout)
 
     async def _http_step(self, run: _Run, node: Node) -> None:
         """Complete an HTTP step with its response, once sent (run_single sends it, with no
@@ -808,6 +824,18 @@ def _fiber_json(fiber: Fiber) -> dict[str, Any]:
     }
 
 
+def _stamp_json(stamp: Stamp) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": stamp.node_id,
+        "status": stamp.status,
+        "result": stamp.result,
+        "execution_id": stamp.execution_id,
+    }
+    if stamp.details is not None:  # (a JSON null would not merge into status_details)
+        payload["details"] = stamp.details
+    return payload
+
+
 def _plan_json(run: _Run) -> dict[str, Any]:
     """The plan of a fiber's transaction, as df._apply_plan and df._apply_moves read it."""
     fiber, plan = run.fiber, run.plan
@@ -817,15 +845,7 @@ def _plan_json(run: _Run) -> dict[str, Any]:
         "instance_id": fiber.instance_id,
         "scope": fiber.scope,
         "mark_running": plan.mark_running,
-        "stamps": [
-            {
-                "id": s.node_id,
-                "status": s.status,
-                "result": s.result,
-                "execution_id": s.execution_id,
-            }
-            for s in plan.stamps.values()
-        ],
+        "stamps": [_stamp_json(s) for s in plan.stamps.values()],
         "spawns": spawns,
         "deletes": plan.deletes,
         "cancel_scopes": plan.cancel_scopes,

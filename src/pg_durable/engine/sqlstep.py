@@ -16,11 +16,19 @@ the executor to deal with:
   statement is rolled back to a savepoint and its error recorded.
 * :class:`Cancelled` — the worker cancelled the statements (a lost RACE, a cancelled instance,
   shutdown); everything is rolled back and nothing is recorded.
+
+A step may have limits on its time: the worker's ``step_timeout`` setting, and the deadline of
+a ``df.timeout`` around it. Both become the ``statement_timeout`` of the statement that runs
+it — when tighter than the one that applies already (the role's own, the database's): the
+smallest applies. A step with a deadline runs alone (PostgreSQL arms a statement timeout when a
+top-level statement starts); a batch runs under the step timeout, and a batch that reaches it
+is rolled back and each of its steps runs again alone, under its own.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +61,10 @@ EMPTY_RESULT: Final = '{"rows":[],"row_count":0}'
 #: SQLSTATEs of a step that lost to another step of the same batch, not to its own logic.
 _CONFLICTS: Final = frozenset({"40P01", "40001"})
 _ACTIVE_SQL_TRANSACTION: Final = "25001"
+#: Pseudo-SQLSTATEs of a statement cancelled by the limits the worker set: the deadline of a
+#: df.timeout, or its step_timeout setting.
+DEADLINE_REACHED: Final = "PDDLN"
+STEP_TIMEOUT_REACHED: Final = "PDSTO"
 _SLOW_CACHE_SIZE: Final = 4096
 
 
@@ -102,6 +114,11 @@ class Statement:
     scope: str
     #: The database it runs in, if not the worker's own (engine/remote.py).
     database: str | None = None
+    #: The nearest deadline of a df.timeout around the step: (its TIMEOUT node, epoch seconds
+    #: on the database clock).
+    deadline: tuple[str, float] | None = None
+    #: The worker's step_timeout, in seconds (0: none).
+    step_timeout: float = 0.0
 
 
 class SqlSteps:
@@ -168,13 +185,18 @@ class SqlSteps:
         conn = conns.conn
         conns.running = [(s.instance_id, s.scope) for s in statements]
         steps = [(s.role, s.text, bool(s.columns)) for s in statements]
+        limit = None
         try:
             if not alone:
+                # (Steps with a deadline run alone.) A batch that reaches it runs again alone.
+                await _limit_time(conn, None, max(s.step_timeout for s in statements), True)
                 return await self.runner.run_steps(conn, steps, window)
             await conn.execute("SAVEPOINT step")
-            timeout = statements[0].role.statement_timeout
+            statement = statements[0]
+            timeout = statement.role.statement_timeout
             if timeout is not None:
                 await conn.execute(query("local_statement_timeout"), {"value": timeout})
+            limit = await _limit_time(conn, statement.deadline, statement.step_timeout, True)
             return await self.runner.run_steps(conn, steps, window)
         except pgerrors.QueryCanceled as exc:
             if conns.cancel_pending:
@@ -182,10 +204,12 @@ class SqlSteps:
                 raise Cancelled from exc
             if not alone:
                 raise StatementAborted from exc
-            # A statement timeout (the role's own setting): the statement's failure.
+            # A statement timeout (the role's own setting, or one of ours): the statement's
+            # failure.
             await conn.execute("ROLLBACK TO SAVEPOINT step")
             message = exc.diag.message_primary or str(exc)
-            return [StepRows([], StepFailure(str(exc.sqlstate), message), 0.0)]
+            sqlstate = limit or str(exc.sqlstate)
+            return [StepRows([], StepFailure(sqlstate, message), 0.0)]
         finally:
             conns.running = []
 
@@ -196,6 +220,8 @@ class SqlSteps:
         if error is not None:
             if error.sqlstate == RESULT_TOO_LARGE:
                 return Failed(error.message)  # it names the limit and what to do
+            if error.sqlstate in (DEADLINE_REACHED, STEP_TIMEOUT_REACHED):
+                return timed_out(statement, error.sqlstate, error.message)
             if error.sqlstate == _ACTIVE_SQL_TRANSACTION and needs_autocommit(statement.text):
                 raise NeedsAutocommit
             if error.sqlstate == MISSING_FUNCTION or (batched and error.sqlstate in _CONFLICTS):
@@ -221,16 +247,29 @@ class SqlSteps:
         else:
             self._slow.pop(text, None)
 
-    async def run_autocommit(self, conns: Connections, role: Role, text: str) -> Outcome:
+    async def run_autocommit(
+        self, conns: Connections, role: Role, text: str, limits: Statement | None = None
+    ) -> Outcome:
         """Run one of the statements PostgreSQL refuses in a transaction block, on the side
-        connection, as ``role``. No transaction may be open on the step connection meanwhile:
-        CREATE INDEX CONCURRENTLY waits for every older transaction."""
+        connection, as ``role`` (within the time ``limits`` allows). No transaction may be open
+        on the step connection meanwhile: CREATE INDEX CONCURRENTLY waits for every older
+        transaction."""
+        limit = None
         try:
+            if limits is not None:
+                limit = await _limit_time(conns.side, limits.deadline, limits.step_timeout, False)
             await self.runner.run_autocommit(conns.side, role, text)
+        except pgerrors.QueryCanceled as exc:
+            if limits is None or limit is None:
+                raise
+            return timed_out(limits, limit, exc.diag.message_primary or str(exc))
         except psycopg.Error as exc:
             if transient(exc):
                 raise
             return sql_failure(exc.diag.message_primary or str(exc))
+        finally:
+            if limit is not None and not conns.side.closed:
+                await conns.side.execute("RESET statement_timeout")
         return Ok(EMPTY_RESULT)
 
     async def _learn_type_names(self, control: AConn, oids: list[int]) -> None:
@@ -241,6 +280,41 @@ class SqlSteps:
             cur = await control.execute(query("type_names"), {"oids": missing})
             for r in await cur.fetchall():
                 self._type_names[int(r["oid"])] = str(r["typname"])
+
+
+async def _limit_time(
+    conn: AConn, deadline: tuple[str, float] | None, step_timeout: float, local: bool
+) -> str | None:
+    """Set the statement_timeout of the next statement on ``conn`` (of its transaction with
+    ``local``, else of the session) to the tighter of the deadline and the step timeout, unless
+    a tighter one applies already. Returns DEADLINE_REACHED or STEP_TIMEOUT_REACHED for the one
+    it set, None if it set none."""
+    if deadline is None and step_timeout <= 0:
+        return None
+    cur = await conn.execute(
+        query("limit_statement_time"),
+        {
+            "deadline": None if deadline is None else deadline[1],
+            "step_ms": math.ceil(step_timeout * 1000),
+            "local": local,
+        },
+    )
+    row = await cur.fetchone()
+    applied = None if row is None else row["applied"]
+    if applied == "deadline":
+        return DEADLINE_REACHED
+    return STEP_TIMEOUT_REACHED if applied == "step" else None
+
+
+def timed_out(statement: Statement, limit: str, message: str) -> Failed:
+    """A step whose statement the worker's limit cancelled: the deadline of a df.timeout (which
+    that TIMEOUT node turns into its own failure) or the step_timeout setting."""
+    if limit == DEADLINE_REACHED and statement.deadline is not None:
+        return Failed(sql_failure(message).message, timeout=statement.deadline[0])
+    return sql_failure(
+        f"{message} (the worker's step_timeout of {statement.step_timeout:g}s: make the step "
+        "quicker, or raise the setting)"
+    )
 
 
 def sql_failure(message: str) -> Failed:

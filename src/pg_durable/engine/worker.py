@@ -92,6 +92,7 @@ class Worker:
             batch_window=settings.batch_window,
             loop_max_iterations=settings.loop_max_iterations,
             loop_min_interval=settings.loop_min_interval,
+            step_timeout=settings.step_timeout,
         )
         self._slots = [Slot(i) for i in range(settings.concurrency)]
         self._stopping = asyncio.Event()

@@ -11,11 +11,13 @@ database in the same transaction as the step itself.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from pg_durable.errors import SubstitutionError
-from pg_durable.graph.model import STORES_RESULT, Graph
+from pg_durable.graph.model import STORES_RESULT, Graph, Node
 from pg_durable.graph.substitution import substitute
 from pg_durable.graph.truthiness import break_value_json, is_truthy
 
@@ -31,6 +33,12 @@ JOIN_TOO_LARGE: Final = (
 #: beyond what a timestamptz can hold (9223372036854775807 seconds would fail every commit of
 #: the step); a thousand years is forever to any workflow, and a cancel still ends it.
 MAX_SLEEP_DELAY: Final = 1000 * 365.25 * 86400
+#: The longest statement_timeout PostgreSQL takes, in whole seconds (INT_MAX milliseconds).
+MAX_STATEMENT_TIMEOUT: Final = 2_147_483
+#: How a TIMEOUT node fails once its time is up.
+TIMED_OUT: Final = "Timed out after {seconds}s"
+#: How a RETRY node fails once its last attempt failed.
+RETRIES_EXHAUSTED: Final = "RETRY failed after {attempts} attempt{s}: {message}"
 #: Runnable leaves: the worker performs them; everything else is control flow decided here.
 STEP_TYPES: Final = frozenset({"SQL", "SLEEP", "WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"})
 
@@ -46,9 +54,14 @@ class Ok:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A node failed with ``message`` (stored as the node's result, a JSON string)."""
+    """A node failed with ``message`` (stored as the node's result, a JSON string).
+
+    ``timeout`` names the TIMEOUT node whose deadline the failure is (a statement cancelled at
+    it, a step not started past it): that node fails with its own words, and no RETRY inside it
+    tries again — the time is up for every attempt."""
 
     message: str
+    timeout: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,8 @@ def outcome_to_json(outcome: Outcome) -> dict[str, str]:
     if isinstance(outcome, Ok):
         return {"ok": outcome.result}
     if isinstance(outcome, Failed):
+        if outcome.timeout is not None:
+            return {"error": outcome.message, "timeout": outcome.timeout}
         return {"error": outcome.message}
     return {"break": outcome.value}
 
@@ -73,7 +88,7 @@ def outcome_from_json(data: dict[str, str]) -> Outcome:
     if "ok" in data:
         return Ok(data["ok"])
     if "error" in data:
-        return Failed(data["error"])
+        return Failed(data["error"], data.get("timeout"))
     return Broke(data["break"])
 
 
@@ -116,6 +131,8 @@ class Stamp:
     #: JSON text stored in df.nodes.result (None clears it).
     result: str | None
     execution_id: str
+    #: More of df.nodes.status_details beside execution_id (a RETRY's attempts).
+    details: dict[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +201,39 @@ class Interpreter:
         root = self.graph.node(self.fiber.root_node)
         if root.type == "LOOP":
             self._start_iteration()
+        elif root.type == "RETRY" and self.fiber.parent_scope is not None:
+            self._start_attempt()
+        elif root.type == "TIMEOUT" and self.fiber.spawned_at_node == root.id:
+            # The timer of a TIMEOUT: it fires at the deadline (time_out) unless the subtree
+            # finishes first and it is cancelled.
+            self._stand_at(root.id)
+            self.fiber.not_before = _deadline_of(self.fiber, root.id)
         else:
             self._activate(root.id)
+
+    def next_attempt(self) -> None:
+        """A RETRY's wait after a failed attempt is over: the next attempt starts."""
+        self._start_attempt()
+
+    def time_out(self) -> None:
+        """The timer of a TIMEOUT fired: its subtree took too long."""
+        node = self.graph.node(self.fiber.root_node)
+        self.fiber.not_before = None
+        self._fiber_done(Failed(TIMED_OUT.format(seconds=node.timeout), timeout=node.id))
+
+    def deadline(self) -> tuple[str, float] | None:
+        """The nearest deadline of the TIMEOUT nodes around the fiber's position: (the TIMEOUT
+        node, epoch seconds on the database clock); None if it has none. A statement of the
+        fiber is cancelled when it is reached."""
+        deadlines = self.fiber.state.get("deadlines")
+        if not isinstance(deadlines, dict) or not deadlines:
+            return None
+        node_id = min(deadlines, key=lambda k: float(deadlines[k]))
+        return str(node_id), float(deadlines[node_id])
+
+    def timed_out(self, node_id: str) -> Failed:
+        """How a step fails that its TIMEOUT ``node_id``'s deadline stopped before it began."""
+        return Failed(TIMED_OUT.format(seconds=self.graph.node(node_id).timeout), timeout=node_id)
 
     def iterate(self) -> None:
         """A paced loop fiber is due for its next iteration."""
@@ -202,9 +250,15 @@ class Interpreter:
         self._resume(self.fiber.node_id, children, first_done)
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def _stamp(self, node_id: str, status: str, result: str | None = None) -> None:
+    def _stamp(
+        self,
+        node_id: str,
+        status: str,
+        result: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
         self.plan.stamps.pop(node_id, None)  # re-insert so the last write is also last in order
-        self.plan.stamps[node_id] = Stamp(node_id, status, result, self.fiber.execution_id)
+        self.plan.stamps[node_id] = Stamp(node_id, status, result, self.fiber.execution_id, details)
 
     def _stand_at(self, node_id: str, *, delay: float = 0.0) -> None:
         self.fiber.node_id = node_id
@@ -250,6 +304,21 @@ class Interpreter:
                 self._start_iteration()
             else:
                 self._fork(node_id, [node_id])
+        elif node.type == "RETRY":
+            # The attempts run in a fiber of their own, one generation per attempt: the nodes
+            # of a failed attempt are superseded when the next begins, as a loop's iterations.
+            self._fork(node_id, [node_id])
+        elif node.type == "TIMEOUT":
+            assert node.left is not None and node.timeout is not None
+            at = self.ctx.now + node.timeout
+            if self.graph.node(node.left).type == "SQL" and node.timeout <= MAX_STATEMENT_TIMEOUT:
+                # One statement: its statement_timeout is the deadline (the worker sets it).
+                self._deadlines()[node_id] = at
+                self._activate(node.left)
+            else:
+                # Anything else races a timer, and what is left of it when the timer wins is
+                # cancelled like a lost RACE branch; its statements also stop at the deadline.
+                self._fork(node_id, [node.left, node_id], deadline=(node_id, at))
         else:  # pragma: no cover - model.py admits only known types
             raise AssertionError(node.type)
 
@@ -274,11 +343,18 @@ class Interpreter:
         assert branch is not None
         self._activate(branch)
 
-    def _fork(self, node_id: str, roots: list[str]) -> None:
-        """Start child fibers at ``roots`` (JOIN/RACE branches, or one loop) and wait."""
+    def _fork(
+        self, node_id: str, roots: list[str], *, deadline: tuple[str, float] | None = None
+    ) -> None:
+        """Start child fibers at ``roots`` (JOIN/RACE branches, a loop, a RETRY's attempts, a
+        TIMEOUT's subtree and timer) and wait. Children keep the deadlines around the fork,
+        and ``deadline`` too (a TIMEOUT's)."""
         node = self.graph.node(node_id)
         children: list[Fiber] = []
         first_spawn = len(self.plan.spawns)
+        deadlines = dict(self._deadlines(create=False))
+        if deadline is not None:
+            deadlines[deadline[0]] = deadline[1]
         for branch, root in enumerate(roots):
             child = Fiber(
                 scope=f"{self.fiber.execution_id}::{root}",
@@ -290,11 +366,13 @@ class Interpreter:
                 spawned_at_node=node_id,
                 parent_generation=self.fiber.generation,
                 results=dict(self.fiber.results),
+                state={"deadlines": dict(deadlines)} if deadlines else {},
             )
             Interpreter(self.ctx, child, self.plan).start()
             children.append(child)
         done = [c for c in children if c.status == "done"]
-        needed = 1 if node.type == "RACE" else len(children)
+        first_wins = node.type in ("RACE", "TIMEOUT")
+        needed = 1 if first_wins else len(children)
         if len(done) >= needed:
             # Decided without waiting (e.g. a branch that breaks at once): consume the children
             # in this transaction; nothing of theirs is written but their stamps.
@@ -307,7 +385,75 @@ class Interpreter:
         self.fiber.node_id = node_id
         self.fiber.status = "waiting"
         self.fiber.pending = len(children) - len(done)
-        self.fiber.wake_at_pending = len(children) - 1 if node.type == "RACE" else 0
+        self.fiber.wake_at_pending = len(children) - 1 if first_wins else 0
+
+    def _deadlines(self, *, create: bool = True) -> dict[str, float]:
+        """The fiber's deadlines: TIMEOUT node id → epoch seconds (fiber.state, durable)."""
+        found = self.fiber.state.get("deadlines")
+        if isinstance(found, dict):
+            return found
+        deadlines: dict[str, float] = {}
+        if create:
+            self.fiber.state["deadlines"] = deadlines
+        return deadlines
+
+    # -- retries ----------------------------------------------------------------------------
+    def _start_attempt(self) -> None:
+        """Start the next attempt of the RETRY at the fiber's root: a new generation, with
+        the named results the first attempt started with."""
+        state = self.fiber.state
+        node = self.graph.node(self.fiber.root_node)
+        attempt = _int(state.get("attempt")) + 1
+        state.pop("retry", None)
+        state["attempt"] = attempt
+        if attempt == 1 and node.max_attempts > 1:
+            state["base_results"] = dict(self.fiber.results)
+        self.fiber.generation = attempt
+        self._stamp(node.id, "running", details=self._attempt_details(node, attempt))
+        assert node.left is not None
+        self._activate(node.left)
+
+    def _attempt_details(
+        self, node: Node, attempt: int, last_error: str | None = None
+    ) -> dict[str, object]:
+        """A RETRY's status_details: the attempt, the most there may be, and the error of the
+        last attempt that failed, if one did."""
+        details: dict[str, object] = {"attempt": attempt, "max_attempts": node.max_attempts}
+        last = last_error if last_error is not None else self.fiber.state.get("last_error")
+        if isinstance(last, str):
+            details["last_error"] = last
+        return details
+
+    def _attempt_finished(self, node: Node, outcome: Outcome) -> None:
+        """An attempt of the RETRY at the fiber's root finished: done, or wait and retry."""
+        state = self.fiber.state
+        attempt = max(1, _int(state.get("attempt")))
+        if isinstance(outcome, Failed) and outcome.timeout is None and attempt < node.max_attempts:
+            wait = backoff_delay(node.backoff_seconds, node.backoff_factor, attempt)
+            state["last_error"] = outcome.message
+            state["retry"] = True
+            # Nothing the failed attempt named is seen by the next one.
+            base = state.get("base_results")
+            self.fiber.results = dict(base) if isinstance(base, dict) else {}
+            details = self._attempt_details(node, attempt)
+            details["next_attempt_at"] = _iso(self.ctx.now + wait)
+            self._stamp(node.id, "running", details=details)
+            self._stand_at(node.id, delay=wait)
+            return
+        state.pop("base_results", None)
+        if isinstance(outcome, Failed):
+            details = self._attempt_details(node, attempt, outcome.message)
+            if outcome.timeout is None:
+                message = RETRIES_EXHAUSTED.format(
+                    attempts=attempt, s="" if attempt == 1 else "s", message=outcome.message
+                )
+                outcome = Failed(message)
+            self._stamp(node.id, "failed", json.dumps(outcome.message, ensure_ascii=False), details)
+        else:
+            details = self._attempt_details(node, attempt)
+            result = outcome.result if isinstance(outcome, Ok) else outcome.value
+            self._stamp(node.id, "completed", result, details)
+        self._finish(node.id, outcome, stamp=False)
 
     # -- loops ------------------------------------------------------------------------------
     def _start_iteration(self) -> None:
@@ -363,6 +509,13 @@ class Interpreter:
 
     def _child_finished(self, parent_id: str, child_id: str, outcome: Outcome) -> None:
         parent = self.graph.node(parent_id)
+        if parent.type == "RETRY":
+            self._attempt_finished(parent, outcome)
+            return
+        if parent.type == "TIMEOUT":  # its statement, run in this fiber
+            self._deadlines().pop(parent_id, None)
+            self._finish(parent_id, _timed_out_as(parent, outcome))
+            return
         if isinstance(outcome, Failed):
             self._finish(parent_id, outcome)
             return
@@ -434,7 +587,7 @@ class Interpreter:
             for child in children:
                 if isinstance(child.outcome, Failed):
                     message = f"JOIN branch {child.branch} failed: {child.outcome.message}"
-                    self._finish(node_id, Failed(message))
+                    self._finish(node_id, Failed(message, child.outcome.timeout))
                     return
             for child in children:
                 if isinstance(child.outcome, Broke):
@@ -447,8 +600,25 @@ class Interpreter:
                 return
             self._finish(node_id, Ok("[" + ",".join(parts) + "]"))
             return
-        # RACE: the first child to finish wins, whatever its outcome.
+        if node.type == "RETRY":
+            (child,) = children
+            if not isinstance(child.outcome, Failed):
+                self.fiber.results.update(child.results)
+            # The attempts' fiber stamped the RETRY node itself.
+            self._finish(node_id, child.outcome, stamp=False)
+            return
+        # RACE, TIMEOUT: the first child to finish wins, whatever its outcome.
         winner = next((c for c in children if c.scope == first_done), children[0])
+        if node.type == "TIMEOUT":
+            # The subtree finished in time, or the timer fired: the other is cancelled.
+            for root in (node.left, node.id):
+                scope = f"{self.fiber.execution_id}::{root}"
+                if scope != winner.scope:
+                    self.plan.cancel_scopes.append(scope)
+            if not isinstance(winner.outcome, Failed):
+                self.fiber.results.update(winner.results)
+            self._finish(node_id, _timed_out_as(node, winner.outcome))
+            return
         for branch, root in enumerate(node.branches):
             if branch != winner.branch:
                 self.plan.cancel_scopes.append(f"{self.fiber.execution_id}::{root}")
@@ -456,7 +626,8 @@ class Interpreter:
                     self._stamp(root, "failed", json.dumps(LOST_RACE))
         if isinstance(winner.outcome, Failed):
             side = "left" if winner.branch == 0 else "right"
-            self._finish(node_id, Failed(f"RACE {side} branch failed: {winner.outcome.message}"))
+            message = f"RACE {side} branch failed: {winner.outcome.message}"
+            self._finish(node_id, Failed(message, winner.outcome.timeout))
             return
         self.fiber.results.update(winner.results)
         self._finish(node_id, winner.outcome)
@@ -465,6 +636,40 @@ class Interpreter:
 def _child_result(child: Fiber) -> ChildResult:
     assert child.outcome is not None
     return ChildResult(child.scope, child.branch, child.root_node, child.outcome, child.results)
+
+
+def backoff_delay(backoff_seconds: float, backoff_factor: float, attempt: int) -> float:
+    """Seconds a RETRY waits after its attempt ``attempt`` failed: backoff_seconds, then
+    backoff_factor times more after each further failure (at most MAX_SLEEP_DELAY; the power
+    is not computed where it would overflow)."""
+    if backoff_seconds <= 0:
+        return 0.0
+    exponent = attempt - 1
+    if backoff_factor > 1 and exponent * math.log(backoff_factor) + math.log(
+        backoff_seconds
+    ) >= math.log(MAX_SLEEP_DELAY):
+        return MAX_SLEEP_DELAY
+    return min(backoff_seconds * backoff_factor**exponent, MAX_SLEEP_DELAY)
+
+
+def _timed_out_as(node: Node, outcome: Outcome) -> Outcome:
+    """What a TIMEOUT node's subtree finishing with ``outcome`` means for the node: its own
+    deadline's failure becomes its own words (and, handled here, no longer a deadline's)."""
+    if isinstance(outcome, Failed) and outcome.timeout == node.id:
+        return Failed(TIMED_OUT.format(seconds=node.timeout))
+    return outcome
+
+
+def _deadline_of(fiber: Fiber, node_id: str) -> float | None:
+    deadlines = fiber.state.get("deadlines")
+    if isinstance(deadlines, dict) and isinstance(deadlines.get(node_id), int | float):
+        return float(deadlines[node_id])
+    return None
+
+
+def _iso(epoch: float) -> str:
+    """Epoch seconds as an ISO 8601 timestamp in UTC (what a timestamptz column reads)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 def _int(value: object) -> int:

@@ -9,6 +9,7 @@ clear reason instead of crashing on a malformed row.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,10 +20,24 @@ from pg_durable.errors import GraphError
 LEAF_TYPES: Final = frozenset(
     {"SQL", "SLEEP", "WAIT_SCHEDULE", "BREAK", "HTTP", "HTTP_MULTIPART", "SIGNAL"}
 )
-NODE_TYPES: Final = LEAF_TYPES | {"THEN", "IF", "JOIN", "LOOP", "RACE"}
+#: Wrappers of one subtree (the left child) with a JSON config: df.retry and df.timeout.
+WRAPPER_TYPES: Final = frozenset({"RETRY", "TIMEOUT"})
+NODE_TYPES: Final = LEAF_TYPES | WRAPPER_TYPES | {"THEN", "IF", "JOIN", "LOOP", "RACE"}
 #: Node types whose named result is stored (SLEEP, WAIT_SCHEDULE and BREAK ignore `|=>`).
 STORES_RESULT: Final = frozenset(
-    {"SQL", "THEN", "IF", "JOIN", "RACE", "LOOP", "SIGNAL", "HTTP", "HTTP_MULTIPART"}
+    {
+        "SQL",
+        "THEN",
+        "IF",
+        "JOIN",
+        "RACE",
+        "LOOP",
+        "SIGNAL",
+        "HTTP",
+        "HTTP_MULTIPART",
+        "RETRY",
+        "TIMEOUT",
+    }
 )
 MAX_DEPTH: Final = 256
 MAX_NODES: Final = 10_000
@@ -30,6 +45,14 @@ MAX_NODES: Final = 10_000
 MAX_SLEEP_SECONDS: Final = 2**63 - 1
 #: Largest SIGNAL timeout: df.wait_for_signal takes an int.
 MAX_SIGNAL_TIMEOUT: Final = 2**31 - 1
+#: Largest max_attempts of a RETRY and seconds of a TIMEOUT: df.retry and df.timeout take ints.
+MAX_INT: Final = 2**31 - 1
+
+#: What df.retry and df.timeout (10_dsl.sql) refuse, in their words.
+RETRY_ATTEMPTS_ERROR: Final = "max_attempts must be at least 1"
+RETRY_BACKOFF_ERROR: Final = "backoff_seconds must be a finite number, 0 or more"
+RETRY_FACTOR_ERROR: Final = "backoff_factor must be a finite number, 1 or more"
+TIMEOUT_SECONDS_ERROR: Final = "seconds must be positive"
 
 _RESULT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _SECONDS = re.compile(r"\s*(-?)[0-9]+\s*", re.ASCII)
@@ -66,10 +89,16 @@ class Node:
     #: IF built with df.if_rows: the result name it tests.
     rows_of: str | None = None
     #: SIGNAL: the signal awaited, and the seconds after which the wait times out (None: never).
+    #: TIMEOUT: the seconds its subtree may take.
     signal: str | None = None
     timeout: int | None = None
     #: WAIT_SCHEDULE: the cron expression.
     cron: str | None = None
+    #: RETRY: attempts at most, the wait after the first failed attempt, and the factor each
+    #: following wait grows by.
+    max_attempts: int = 1
+    backoff_seconds: float = 0.0
+    backoff_factor: float = 1.0
 
     @property
     def children(self) -> tuple[str, ...]:
@@ -81,6 +110,8 @@ class Node:
             return tuple(c for c in (self.condition, self.left, self.right) if c)
         if self.type == "LOOP":
             return tuple(c for c in (self.left, self.condition) if c)
+        if self.type in WRAPPER_TYPES:
+            return (self.left,) if self.left else ()
         return ()
 
     @property
@@ -215,6 +246,47 @@ def _leaf(base: Node, row: NodeRow, config: Mapping[str, object]) -> Node:
     return base
 
 
+def _number(row: NodeRow, config: Mapping[str, object], key: str, default: float) -> float:
+    value = config.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise GraphError(f"node {row.id} ({row.node_type}): {key} must be a finite number")
+    return float(value)
+
+
+def _count(row: NodeRow, config: Mapping[str, object], key: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GraphError(f"node {row.id} ({row.node_type}): {key} must be a whole number")
+    return value
+
+
+def _wrapper(base: Node, row: NodeRow) -> Node:
+    """A RETRY or TIMEOUT: one child, and what df.retry or df.timeout put in its config (the
+    same rules and texts, for a hand-built row)."""
+    if not row.left_node or row.right_node:
+        raise GraphError(f"node {row.id} ({row.node_type}) needs a left child and no right child")
+    config = _config(row)
+    base = replace(base, left=row.left_node)
+    if row.node_type == "TIMEOUT":
+        seconds = _count(row, config, "seconds")
+        if not 0 < seconds <= MAX_INT:
+            raise GraphError(f"node {row.id} (TIMEOUT): {TIMEOUT_SECONDS_ERROR}")
+        return replace(base, timeout=seconds)
+    attempts = _count(row, config, "max_attempts")
+    backoff = _number(row, config, "backoff_seconds", 1.0)
+    factor = _number(row, config, "backoff_factor", 2.0)
+    for bad, message in (
+        (not 1 <= attempts <= MAX_INT, RETRY_ATTEMPTS_ERROR),
+        (backoff < 0, RETRY_BACKOFF_ERROR),
+        (factor < 1, RETRY_FACTOR_ERROR),
+    ):
+        if bad:
+            raise GraphError(f"node {row.id} (RETRY): {message}")
+    return replace(base, max_attempts=attempts, backoff_seconds=backoff, backoff_factor=factor)
+
+
 def _parse(row: NodeRow) -> Node:
     kind = row.node_type
     if kind not in NODE_TYPES:
@@ -239,6 +311,8 @@ def _parse(row: NodeRow) -> Node:
         return replace(base, break_value=_str_or_none(row, config, "break_value"))
     if kind in ("WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"):
         return _leaf(base, row, _config(row))
+    if kind in WRAPPER_TYPES:
+        return _wrapper(base, row)
     # Compound nodes.
     if kind in ("THEN", "RACE", "JOIN", "IF") and not (row.left_node and row.right_node):
         raise GraphError(f"node {row.id} ({kind}) needs both a left and a right child")

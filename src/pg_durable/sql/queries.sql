@@ -155,6 +155,27 @@ SELECT df._schedule_tick(%(expr)s) AS tick
 -- The submitting role's statement_timeout, for the statement that runs its step alone.
 SELECT pg_catalog.set_config('statement_timeout', %(value)s, true)
 
+-- name: limit_statement_time
+-- The statement_timeout of the next statement in this transaction (local) or session: the
+-- tightest of the one that applies already (the role's own, the database's), the worker's
+-- step_timeout (step_ms; 0: none) and the time left until a df.timeout's deadline (epoch
+-- seconds on this clock; NULL: none), at least 1 ms. (A limit beyond what statement_timeout
+-- holds, 24 days, is left to the timer of its df.timeout.) Returns which of the worker's
+-- limits it set: 'deadline', 'step', or NULL for neither.
+SELECT CASE WHEN w.ms IS NULL OR w.ms > 2147483647
+                 OR (s.setting::bigint > 0 AND s.setting::bigint <= w.ms) THEN NULL
+            WHEN pg_catalog.set_config('statement_timeout', w.ms::text, %(local)s) IS NULL
+                THEN NULL
+            WHEN w.ms = w.deadline_ms THEN 'deadline'
+            ELSE 'step' END AS applied
+  FROM (SELECT d.ms AS deadline_ms,
+               least(d.ms, nullif(%(step_ms)s::bigint, 0)) AS ms
+          FROM (SELECT greatest(1, ceil((%(deadline)s::float8
+                                         - extract(epoch FROM pg_catalog.clock_timestamp()))
+                                        * 1000))::bigint AS ms) d) w,
+       pg_catalog.pg_settings s
+ WHERE s.name = 'statement_timeout'
+
 -- name: role_settings
 -- On the autocommit side connection: for the session, until RESET ALL.
 SELECT df_exec.role_settings(%(settings)s, false)

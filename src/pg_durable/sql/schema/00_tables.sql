@@ -64,7 +64,8 @@ ALTER TABLE df.nodes ADD CONSTRAINT nodes_right_node_format_chk
     CHECK (right_node OPERATOR(pg_catalog.~) '^[0-9a-f]{8}$') NOT VALID;
 ALTER TABLE df.nodes ADD CONSTRAINT nodes_node_type_chk
     CHECK (node_type IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
-                         'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL')) NOT VALID;
+                         'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'RETRY',
+                         'TIMEOUT')) NOT VALID;
 ALTER TABLE df.nodes ADD CONSTRAINT nodes_result_name_chk
     CHECK (result_name OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*$') NOT VALID;
 ALTER TABLE df.nodes ADD CONSTRAINT nodes_status_chk
@@ -73,7 +74,8 @@ ALTER TABLE df.nodes ADD CONSTRAINT nodes_result_status_chk
     CHECK (result IS NULL OR status IN ('completed', 'failed')) NOT VALID;
 -- The children and query each node type has: leaves have a query and no children; THEN and
 -- RACE both children and no query; IF both children and a query; LOOP a left child only; JOIN
--- both children. The row's (left_node IS NULL, right_node IS NULL, query IS NULL), spelled as
+-- both children; RETRY and TIMEOUT (df.retry, df.timeout) a left child and a query. The row's
+-- (left_node IS NULL, right_node IS NULL, query IS NULL), spelled as
 -- text, must match its type's pattern ('%': either); another type finds no pattern, and NULL
 -- passes (nodes_node_type_chk rejects it). This says what a CASE over the types would, in a
 -- form much cheaper to check: PostgreSQL reads a CHECK's stored expression tree again for
@@ -83,7 +85,8 @@ ALTER TABLE df.nodes ADD CONSTRAINT nodes_structure_chk CHECK (
     LIKE ('{"SQL": "truetruefalse", "SLEEP": "truetruefalse", "WAIT_SCHEDULE": "truetruefalse",
             "BREAK": "truetruefalse", "HTTP": "truetruefalse", "HTTP_MULTIPART": "truetruefalse",
             "SIGNAL": "truetruefalse", "THEN": "falsefalsetrue", "RACE": "falsefalsetrue",
-            "IF": "falsefalsefalse", "LOOP": "falsetrue%", "JOIN": "falsefalse%"}'::jsonb
+            "IF": "falsefalsefalse", "LOOP": "falsetrue%", "JOIN": "falsefalse%",
+            "RETRY": "falsetruefalse", "TIMEOUT": "falsetruefalse"}'::jsonb
           ->> node_type)) NOT VALID;
 ALTER TABLE df.nodes ADD CONSTRAINT nodes_instance_identity_fkey
     FOREIGN KEY (instance_id, submitted_by) REFERENCES df.instances (id, submitted_by)

@@ -195,7 +195,7 @@ BEGIN
     IF jsonb_typeof(j->'node_type') IS DISTINCT FROM 'string'
        OR NOT (j->>'node_type') = ANY (ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
                                             'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART',
-                                            'SIGNAL']) THEN
+                                            'SIGNAL', 'RETRY', 'TIMEOUT']) THEN
         RETURN '{"node_type":"SQL","query":' || to_json(fut)::text || '}';
     END IF;
     RETURN df._canonical(j);
@@ -321,6 +321,120 @@ LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN df._remember('{"node_type":"RACE","left_node":' || df._ensure(a)
                         || ',"right_node":' || df._ensure(b) || '}');
+END
+$$;
+
+-- Retries and timeouts (SPEC "where we differ" #8; docs/reliability.md). Each wraps one
+-- subtree, its left_node, and keeps its settings as a JSON config in query, like the other
+-- configured nodes: RETRY {"max_attempts":3,"backoff_seconds":1,"backoff_factor":2},
+-- TIMEOUT {"seconds":30}. The checks are shared with df.start, which applies them to hand-built
+-- nodes too (df._wrapper_config).
+
+-- The config text of a RETRY or TIMEOUT as df.retry / df.timeout store it, from the values of
+-- a JSON config (config), or why those values cannot be one (error): one of them is NULL.
+-- Numbers are taken as numeric, so NaN, infinities and values beyond float8 are caught here.
+CREATE FUNCTION df._wrapper_config(kind text, cfg jsonb, OUT config text, OUT error text)
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    attempts numeric;
+    backoff  numeric := 1;
+    factor   numeric := 2;
+    seconds  numeric;
+BEGIN
+    IF jsonb_typeof(cfg) IS DISTINCT FROM 'object' THEN
+        error := 'query in ' || kind || ' must be a JSON config object';
+        RETURN;
+    END IF;
+    IF kind = 'TIMEOUT' THEN
+        IF jsonb_typeof(cfg->'seconds') IS DISTINCT FROM 'number' THEN
+            error := 'query in TIMEOUT must be {"seconds":<whole number>}';
+            RETURN;
+        END IF;
+        seconds := (cfg->'seconds')::numeric;
+        error := df._timeout_error(seconds);
+        IF error IS NULL THEN
+            config := '{"seconds":' || seconds::bigint || '}';
+        END IF;
+        RETURN;
+    END IF;
+    IF jsonb_typeof(cfg->'max_attempts') IS DISTINCT FROM 'number'
+       OR coalesce(jsonb_typeof(cfg->'backoff_seconds'), 'null') NOT IN ('null', 'number')
+       OR coalesce(jsonb_typeof(cfg->'backoff_factor'), 'null') NOT IN ('null', 'number') THEN
+        error := 'query in RETRY must be {"max_attempts":<whole number>,"backoff_seconds":<number>,"backoff_factor":<number>}';
+        RETURN;
+    END IF;
+    attempts := (cfg->'max_attempts')::numeric;
+    IF jsonb_typeof(cfg->'backoff_seconds') = 'number' THEN
+        backoff := (cfg->'backoff_seconds')::numeric;
+    END IF;
+    IF jsonb_typeof(cfg->'backoff_factor') = 'number' THEN
+        factor := (cfg->'backoff_factor')::numeric;
+    END IF;
+    error := df._retry_error(attempts, backoff, factor);
+    IF error IS NULL THEN
+        config := df._retry_config(attempts::int, backoff::float8, factor::float8);
+    END IF;
+END
+$$;
+
+-- Why these are no df.retry settings (NULL: they are). numeric: NaN sorts above every number,
+-- so `NaN >= 0` holds and each check bounds its value from above as well.
+CREATE FUNCTION df._retry_error(max_attempts numeric, backoff_seconds numeric,
+                                backoff_factor numeric) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN NOT (max_attempts >= 1 AND max_attempts <= 2147483647 AND max_attempts = trunc(max_attempts))
+            THEN 'max_attempts must be at least 1 (got ' || max_attempts || ')'
+        WHEN NOT (backoff_seconds >= 0 AND backoff_seconds < 1e308)
+            THEN 'backoff_seconds must be a number of seconds, 0 or more (got ' || backoff_seconds || ')'
+        WHEN NOT (backoff_factor >= 1 AND backoff_factor < 1e308)
+            THEN 'backoff_factor must be a number, 1 or more (got ' || backoff_factor || ')'
+    END
+$$;
+
+CREATE FUNCTION df._timeout_error(seconds numeric) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN NOT (seconds >= 1 AND seconds <= 2147483647 AND seconds = trunc(seconds))
+                THEN 'seconds must be positive (got ' || seconds || ')' END
+$$;
+
+CREATE FUNCTION df._retry_config(max_attempts int, backoff_seconds float8, backoff_factor float8)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '{"max_attempts":' || max_attempts || ',"backoff_seconds":' || to_json(backoff_seconds)
+        || ',"backoff_factor":' || to_json(backoff_factor) || '}'
+$$;
+
+-- df.retry(node, max_attempts, backoff_seconds, backoff_factor): run `node` again from its start
+-- when it fails, up to max_attempts times in all, waiting backoff_seconds after the first
+-- failure and backoff_factor times longer after each next one. max_attempts => 1 never retries.
+CREATE FUNCTION df.retry(node text, max_attempts int, backoff_seconds float8 DEFAULT 1,
+                         backoff_factor float8 DEFAULT 2) RETURNS text
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    err text := df._retry_error(max_attempts, backoff_seconds::numeric, backoff_factor::numeric);
+BEGIN
+    IF err IS NOT NULL THEN
+        RAISE EXCEPTION 'df.retry: %', err;
+    END IF;
+    RETURN df._remember('{"node_type":"RETRY","left_node":' || df._ensure(node)
+                        || ',"query":'
+                        || to_json(df._retry_config(max_attempts, backoff_seconds, backoff_factor))::text
+                        || '}');
+END
+$$;
+
+-- df.timeout(node, seconds): fail `node` once it has run for `seconds`, cancelling what of it
+-- still runs (its statement, its branches, its waits).
+CREATE FUNCTION df.timeout(node text, seconds int) RETURNS text
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    err text := df._timeout_error(seconds);
+BEGIN
+    IF err IS NOT NULL THEN
+        RAISE EXCEPTION 'df.timeout: %', err;
+    END IF;
+    RETURN df._remember('{"node_type":"TIMEOUT","left_node":' || df._ensure(node)
+                        || ',"query":' || to_json('{"seconds":' || seconds || '}')::text || '}');
 END
 $$;
 

@@ -27,8 +27,8 @@ CREATE FUNCTION df._flatten(fut jsonb) RETURNS df._flat_graph
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     valid_types constant text[] := ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
-        'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL'];
-    valid_text  constant text := 'Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL';
+        'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'RETRY', 'TIMEOUT'];
+    valid_text  constant text := 'Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL, RETRY, TIMEOUT';
     graph_err   constant text := 'Invalid durable function graph:';
     -- Separate arrays, not fields of a composite: PL/pgSQL updates a standalone array in
     -- place, but copies a composite's array field on every element assignment.
@@ -186,6 +186,16 @@ BEGIN
                 RAISE EXCEPTION '% %: LOOP nodes need a left_node (the body) and no right_node', graph_err, path;
             END IF;
             q := NULL;   -- rebuilt from the condition_node, if any
+        WHEN kind IN ('RETRY', 'TIMEOUT') THEN
+            -- df.retry / df.timeout: one child, the settings as their JSON config (10_dsl.sql).
+            IF NOT has[1] OR has[2] THEN
+                RAISE EXCEPTION '% %: % nodes need a left_node (the node they wrap) and no right_node', graph_err, path, kind;
+            END IF;
+            cfg := df._try_jsonb(q);
+            SELECT w.config, w.error INTO q, err FROM df._wrapper_config(kind, cfg) w;
+            IF err IS NOT NULL THEN
+                RAISE EXCEPTION '% %: %', graph_err, path, err;
+            END IF;
         WHEN kind = 'SLEEP' THEN
             -- (Digits beyond bigint fail the cast: 'value "…" is out of range'.)
             IF q IS NULL OR q !~ '^\s*[0-9]+\s*$' THEN

@@ -46,10 +46,15 @@ RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                    WHEN 'IF' THEN 'IF'
                    WHEN 'JOIN' THEN 'JOIN (' || branches || ')'
                    WHEN 'RACE' THEN 'RACE'
+                   WHEN 'RETRY' THEN 'RETRY (max ' || coalesce(c.cfg->>'max_attempts', '?')
+                                     || ' attempts, backoff ' || coalesce(c.cfg->>'backoff_seconds', '?')
+                                     || 's ×' || coalesce(c.cfg->>'backoff_factor', '?') || ')'
+                   WHEN 'TIMEOUT' THEN 'TIMEOUT ' || coalesce(c.cfg->>'seconds', '?') || 's'
                    ELSE node_type
                END, '?')
            || coalesce(' |=> ''' || result_name || '''', '')
-      FROM (SELECT CASE WHEN node_type IN ('WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'BREAK')
+      FROM (SELECT CASE WHEN node_type IN ('WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'BREAK',
+                                           'RETRY', 'TIMEOUT')
                         THEN df._try_jsonb(query) END AS cfg) c
 $$;
 
@@ -58,7 +63,8 @@ $$;
 --
 -- Layout (SPEC §2.15): a node is drawn at `prefix || connector || label`; the connector is ''
 -- at the root, '└─ ' for a last or only child, '├─ ' for a non-last JOIN/RACE branch. Its
--- sections (↻ body:, ? while:, ? condition:, ✓ then:, ✗ else:, ║ branch i:) are printed at
+-- sections (↻ body:, ? while:, ? condition:, ✓ then:, ✗ else:, ║ branch i:, and for df.retry and
+-- df.timeout ↺ attempt: and ⏱ within:) are printed at
 -- the child prefix — prefix + '│   ' under a '├─ ' node (the branch line continues), else
 -- prefix + '    ' — and each section's node at child prefix + '  '. A THEN chain (left- or
 -- right-nested, any mix) is flattened into its items: the first is drawn like any node, each
@@ -233,6 +239,10 @@ BEGIN
             FOR k IN 1 .. nsec LOOP
                 sec_hdr[k] := '║ branch ' || k || ':';
             END LOOP;
+        WHEN 'RETRY' THEN
+            nsec := nsec + 1; sec_hdr[nsec] := '↺ attempt:'; sec_node[nsec] := lefts[x];
+        WHEN 'TIMEOUT' THEN
+            nsec := nsec + 1; sec_hdr[nsec] := '⏱ within:'; sec_node[nsec] := lefts[x];
         ELSE
             NULL;   -- a leaf
         END CASE;
@@ -268,8 +278,8 @@ BEGIN
     -- like any other node, with its path (SPEC §2.15).
     IF jsonb_typeof(fut->'node_type') IS DISTINCT FROM 'string'
        OR kind NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
-                       'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
-        RETURN format('Invalid durable function graph: root: Unknown node_type ''%s''. Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL',
+                       'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'RETRY', 'TIMEOUT') THEN
+        RETURN format('Invalid durable function graph: root: Unknown node_type ''%s''. Valid types: SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL, RETRY, TIMEOUT',
                       coalesce(kind, ''));
     END IF;
     RETURN df._explain_render(df._flatten(fut));
@@ -302,7 +312,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             || 'Parenthesise a then-branch that contains other operators: c ?> (a ~> b) !> e.')
         ELSE df._explain_cannot(
             'a Durofut JSON object has a "node_type" field (SQL, THEN, IF, JOIN, LOOP, BREAK, '
-            || 'RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL); the DSL functions build it.')
+            || 'RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL, RETRY, TIMEOUT); the DSL functions build it.')
     END
 $$;
 

@@ -79,7 +79,8 @@ BEGIN
         UPDATE df.nodes n
            SET status = x.o->n.id->>'status',
                result = (x.o->n.id->>'result')::jsonb,
-               status_details = jsonb_build_object('execution_id', x.o->n.id->>'execution_id'),
+               status_details = jsonb_build_object('execution_id', x.o->n.id->>'execution_id')
+                                || coalesce(x.o->n.id->'details', '{}'),
                updated_at = now()
           FROM (SELECT jsonb_object_agg(e->>'id', e) AS o, array_agg(e->>'id') AS ids
                   FROM jsonb_array_elements(p->'stamps') e) x
@@ -209,7 +210,9 @@ BEGIN
     UPDATE df.nodes n
        SET status = st->>'status',
            result = (st->>'result')::jsonb,
-           status_details = jsonb_build_object('execution_id', st->>'execution_id'),
+           -- (details: a RETRY's attempts; a stamp without any has no such key.)
+           status_details = jsonb_build_object('execution_id', st->>'execution_id')
+                            || coalesce(st->'details', '{}'),
            updated_at = now()
       FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
      WHERE n.instance_id = x->>'instance_id' AND n.id = st->>'id';
