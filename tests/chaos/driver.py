@@ -57,6 +57,8 @@ WORKER_FLAGS = (
     "json",
 )
 FAULT_KINDS = ("kill", "pg_restart", "terminate")
+#: Faults come in rounds of these, shuffled: every kind often, kills most.
+FAULT_ROUND = ("kill", "kill", "terminate", "pg_restart")
 
 
 class Client:
@@ -248,11 +250,15 @@ class FaultDriver(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
+        rounds: list[str] = []
         try:
             while not self._halt.is_set() and time.monotonic() < self.until:
                 if self._halt.wait(self.rng.uniform(0.5, 1.5) * self.interval):
                     break
-                kind = self.rng.choices(FAULT_KINDS, weights=(4, 2, 3))[0]
+                if not rounds:
+                    rounds = list(FAULT_ROUND)
+                    self.rng.shuffle(rounds)
+                kind = rounds.pop()
                 getattr(self, "_" + kind)()
                 self.counts[kind] += 1
                 self.fleet.refill()

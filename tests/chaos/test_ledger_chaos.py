@@ -36,7 +36,15 @@ import psycopg
 import pytest
 
 from pg_durable import schema
-from tests.chaos.driver import Client, FaultDriver, Fleet, LogFindings, WorkloadClient, read_logs
+from tests.chaos.driver import (
+    FAULT_KINDS,
+    Client,
+    FaultDriver,
+    Fleet,
+    LogFindings,
+    WorkloadClient,
+    read_logs,
+)
 from tests.chaos.test_autocommit_lease import AUTOCOMMIT_LEASE_BUG
 from tests.chaos.test_lost_signal import LOST_SIGNAL_BUG
 from tests.chaos.workload import (
@@ -161,7 +169,7 @@ def _wait_for_the_end(client: Client, count: int, seconds: float) -> list[str]:
 
 def _summary(run: ChaosRun) -> str:
     v = run.verdict
-    faults = ", ".join(f"{k} {run.faults.get(k, 0)}" for k in ("kill", "pg_restart", "terminate"))
+    faults = ", ".join(f"{k} {run.faults.get(k, 0)}" for k in FAULT_KINDS)
     kinds = Counter(kind for kind, _ in v.known_stuck.values())
     statuses = ", ".join(f"{k} {n}" for k, n in sorted(v.by_status.items()))
     lines = [
