@@ -344,3 +344,63 @@ SELECT df._http_request_error(%(node_type)s, %(role)s::oid::regrole, %(url)s, %(
        df._http_policy() AS policy,
        df._http_limit('pg_durable.http_max_timeout_seconds', 300) AS max_timeout,
        df._http_limit('pg_durable.http_max_request_bytes', 10485760, true) AS max_request_bytes
+
+-- ---------------------------------------------------------------------------------------------
+-- The client API (pg_durable.client) and the commands built on it (pg-durable ls, show, signal,
+-- cancel, wait, start). They read and act only through the df SQL API, as the connecting role:
+-- row-level security decides what a role sees, and another role's instance is "not found".
+-- Parameters are cast: an untyped NULL would leave PostgreSQL guessing, and it picks overloads.
+
+-- name: client_start
+-- Start a workflow in the caller's transaction (or, with transaction_mode 'new', in its own).
+SELECT df.start(%(envelope)s::text, label => %(label)s::text, database => %(database)s::text,
+                transaction_mode => %(transaction_mode)s::text) AS instance_id
+
+-- name: client_instance
+-- One instance as the caller sees it. elapsed: seconds from its start to its end, or to now
+-- while it runs. this_transaction: it is still pending and was created in this very
+-- transaction (created_at is the inserting transaction's start), so no worker can see it yet.
+SELECT i.id, i.label, i.status, i.root_node, i.created_at, i.completed_at,
+       coalesce(info.current_execution_id, 1) AS execution_count, info.output,
+       extract(epoch FROM coalesce(i.completed_at,
+                                   CASE WHEN i.status IN ('failed', 'cancelled') THEN i.updated_at END,
+                                   statement_timestamp()) - i.created_at)::float8 AS elapsed,
+       i.status = 'pending' AND i.created_at = transaction_timestamp() AS this_transaction
+  FROM df.instances i
+  LEFT JOIN LATERAL df.instance_info(i.id) info ON true
+ WHERE i.id = %(id)s::text
+
+-- name: client_result
+SELECT df.status(%(id)s::text) AS status, df.result(%(id)s::text) AS result
+
+-- name: client_nodes
+-- Every node with its inferred status (SPEC §2.13); the client orders them from the root.
+SELECT n.node_id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status,
+       n.inferred_status, n.result, n.status_details, n.updated_at, n.execution_id
+  FROM df.instance_nodes(%(id)s::text) n
+
+-- name: client_signal
+-- df.signal, unless the instance is unknown or finished (status tells which).
+SELECT s.status,
+       CASE WHEN s.status IN ('pending', 'running')
+            THEN df.signal(%(id)s::text, %(name)s::text, %(data)s::text) END AS reply
+  FROM (SELECT df.status(%(id)s::text) AS status) s
+
+-- name: client_cancel
+-- df.cancel (with its own default reason when none is given), unless the instance is unknown;
+-- status is the one it had before.
+SELECT s.status,
+       CASE WHEN s.status IS NULL THEN NULL
+            WHEN %(reason)s::text IS NULL THEN df.cancel(%(id)s::text)
+            ELSE df.cancel(%(id)s::text, %(reason)s::text) END AS reply
+  FROM (SELECT df.status(%(id)s::text) AS status) s
+
+-- name: client_list
+-- One page, newest first, through the keyset-paginated overload.
+SELECT l.instance_id, l.label, l.status, l.execution_count, l.output, l.created_at,
+       l.completed_at, l.next_cursor
+  FROM df.list_instances(%(status)s::text, %(limit)s::int, %(label)s::text,
+                         %(after)s::text) l
+
+-- name: client_explain
+SELECT df.explain(%(input)s::text) AS tree
