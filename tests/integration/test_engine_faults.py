@@ -50,13 +50,13 @@ def test_a_malformed_hand_built_graph_fails_its_instance_and_nothing_else(
     assert status == "completed"
 
 
-def test_a_node_type_this_worker_cannot_run_fails_with_the_reason(
-    conn: Conn, worker: WorkerThread
-) -> None:
-    iid = hand_built(conn, [("aaaaaaaa", "HTTP", '{"url":"https://example.com"}', None, None)])
+def test_hand_built_http_nodes_are_checked_by_the_worker(conn: Conn, worker: WorkerThread) -> None:
+    # (Rows written past df.start: the worker holds them to df.http's rules, then the policy.)
+    config = '{"url":"https://example.com","headers":{"Authorization":5}}'
+    iid = hand_built(conn, [("aaaaaaaa", "HTTP", config, None, None)])
     assert wait_for(conn, iid) == "failed"
     assert output_of(conn, iid) == (
-        "HTTP nodes are not supported by this version of the pg_durable worker"
+        "HTTP header 'Authorization' has a number value; header values must be JSON strings"
     )
 
 

@@ -22,7 +22,7 @@ from psycopg import sql
 from pg_durable import __version__
 from pg_durable.engine.http import HttpClient
 from tests.fixtures.engine import WorkerThread, run_workflow, wait_for
-from tests.fixtures.http_server import HttpServer, self_signed
+from tests.fixtures.http_server import HttpServer, Reply, self_signed
 from tests.fixtures.roles import Roles
 from tests.fixtures.sql import one
 from tests.integration.test_engine import output_of, result_of
@@ -746,6 +746,18 @@ def test_a_request_sent_again_after_its_lease_ran_out_has_the_same_key(
     # The first attempt's response came too late for its lease: one outcome is recorded.
     assert envelope(conn, iid)["status"] == 201
     assert len(http_server.received) == 2
+
+
+def test_a_retried_request_keeps_its_key(
+    conn: Conn, allow_all: None, worker: WorkerThread, http_server: HttpServer
+) -> None:
+    http_server.replies("/flaky", Reply(503, b"busy"), Reply(200, b"done"))
+    dsl = f"df.retry({http(http_server.url('/flaky'), 'POST', '{}')}, 3, 0.1)"
+    iid, status = run_workflow(conn, f"{dsl} ~> {http(http_server.url('/flaky'))}")
+    assert status == "completed", output_of(conn, iid)
+    first, second, other = http_server.received
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    assert other.headers["idempotency-key"] != first.headers["idempotency-key"]
 
 
 def test_cancelled_while_a_request_waits(

@@ -629,7 +629,10 @@ class Executor:
                 outcome = Failed(str(exc))
             else:
                 raise _NeedsNetwork(node.id, admitted)
-        fiber.state.pop("request", None)  # (its idempotency key: lease_request)
+        if isinstance(outcome, Ok):
+            # Done with its idempotency key (lease_request). A failed request keeps it: sent
+            # again by a retry of the step, it is the same request.
+            fiber.state.pop("request", None)
         run.interp.complete_step(outcome)
 
     async def _wait_for_signal(self, conn: AnyConn, run: _Run, node: Node) -> None:

@@ -129,12 +129,19 @@ class HttpSteps:
 
     async def send(self, admitted: Admitted, idempotency_key: str) -> Outcome:
         """Send an admitted request: the step's outcome."""
-        return await self.client.send(
-            admitted.request,
-            admitted.url,
-            restricted=admitted.restricted,
-            idempotency_key=idempotency_key,
+        request, url = admitted.request, admitted.url
+        outcome = await self.client.send(
+            request, url, restricted=admitted.restricted, idempotency_key=idempotency_key
         )
+        # (The host only: paths and query strings may carry secrets.)
+        logger.debug(
+            "HTTP %s to %s: %s",
+            request.method,
+            url.host,
+            "failed" if isinstance(outcome, Failed) else "done",
+            extra={"action": "http_request", "node_id": request.node_id},
+        )
+        return outcome
 
     async def _ask(self, params: dict[str, object]) -> DictRow:
         """The policy's answer, from a session that has the database's settings as they are."""
