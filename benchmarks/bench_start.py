@@ -32,21 +32,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import platform
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+import harness
 import psycopg
 from psycopg import sql
-
-from pg_durable import schema
-from pg_durable.embedded import EmbeddedPostgres, installations
-
-Conn = psycopg.Connection[Any]
 
 ROLE = "bench_starter"
 CEILING_TABLE = """
@@ -161,65 +152,30 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    server = None
-    tmp = None
-    dsn = args.dsn
-    if dsn is None:
-        tmp = Path(tempfile.mkdtemp(prefix="pg-durable-bench-"))
-        tmp.chmod(0o755)
-        settings = {"max_connections": "100"}
-        installation = None
-        if args.profile:
-            # pgserver's build has no contrib modules; the machine's own PostgreSQL does.
-            system = [i for i in installations() if i.source != "pgserver"]
-            if not system:
-                raise SystemExit("--profile needs a PostgreSQL installed on the machine")
-            installation = system[0]
-            settings |= {
-                "shared_preload_libraries": "pg_stat_statements",
-                "pg_stat_statements.track": "all",
-            }
-        server = EmbeddedPostgres(tmp / "data", installation=installation, extra_settings=settings)
-        server.start()
-        with psycopg.connect(server.dsn(), autocommit=True) as c:
-            c.execute("CREATE DATABASE bench")
-        dsn = server.dsn("bench")
-    try:
+    installation, settings = harness.profiling() if args.profile else (None, {})
+    with harness.database(
+        args.dsn, max_connections=100, installation=installation, settings=settings, remove=True
+    ) as dsn:
         run(dsn, args)
-    finally:
-        if server is not None:
-            server.stop()
-        if tmp is not None:  # a run leaves ~1 GB of tables behind
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(dsn: str, args: argparse.Namespace) -> None:
-    schema.install(dsn)
-    conn: Conn = psycopg.connect(dsn, autocommit=True)
-    version = conn.execute("SHOW server_version").fetchone()
-    assert version is not None
+    conn = harness.prepare(dsn)  # (superuser instances on: for --superuser)
     conn.execute(f"DROP ROLE IF EXISTS {ROLE}; CREATE ROLE {ROLE} LOGIN")
     conn.execute("SET client_min_messages = warning")
     conn.execute("SELECT df.grant_usage(%s)", (ROLE,))
     conn.execute(CEILING_TABLE.format(role=ROLE))
-    role: str | None = ROLE
-    if args.superuser:
-        role = None
-        db = conn.execute("SELECT current_database()").fetchone()
-        assert db is not None
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} SET pg_durable.enable_superuser_instances = on").format(
-                sql.Identifier(db[0])
-            )
-        )
+    role: str | None = None if args.superuser else ROLE
     if args.profile:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
-    print(f"pg_durable df.start benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(
-        f"machine  : {platform.machine()}, {os.cpu_count()} cores; PostgreSQL {version[0]}; "
-        f"starting as {'the superuser' if role is None else 'a plain role'}; "
-        f"{args.seconds:g} s per case; one txn = {args.batch} calls"
+        harness.describe(
+            "pg_durable df.start benchmark",
+            harness.machine(conn),
+            f"starting as {'the superuser' if role is None else 'a plain role'}; "
+            f"{args.seconds:g} s per case; one txn = {args.batch} calls",
+        )
     )
     counts = sorted({1, args.clients})
     print(f"{'':34}" + "".join(f"{f'{c} client' + ('s' if c > 1 else ''):>22}" for c in counts))
@@ -261,20 +217,8 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         "clients)"
     )
     if args.profile:
-        profile(conn)
+        harness.print_profile(conn)
     conn.close()
-
-
-def profile(conn: Conn) -> None:
-    """The statements (top level and nested) that took the most time, from pg_stat_statements."""
-    rows = conn.execute(
-        "SELECT calls, total_exec_time, total_exec_time / calls, toplevel, "
-        "regexp_replace(left(query, 110), '\\s+', ' ', 'g') "
-        "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
-    ).fetchall()
-    print(f"\n{'calls':>9} {'total ms':>10} {'ms/call':>8} top  query")
-    for calls, total, mean, top, query in rows:
-        print(f"{calls:9} {total:10.0f} {mean:8.4f} {'y' if top else 'n':>3}  {query}")
 
 
 if __name__ == "__main__":

@@ -31,49 +31,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
+import harness
 import psycopg
 
-from pg_durable import schema
-from pg_durable.embedded import EmbeddedPostgres
-
-Conn = psycopg.Connection[Any]
+Conn = harness.Conn
 CLIENTS = 4
 SLEEPER = "df.sleep(7200)"
 WAITER = "df.wait_for_signal('go')"
 #: For signal latency: the step after the wait records when it started.
 SIGNALLED = "df.wait_for_signal('ping') ~> 'SELECT clock_timestamp() AS at'"
-
-
-def insert_ceiling(dsn: str, clients: int, seconds: float) -> float:
-    """Single-row INSERT autocommit transactions per second from ``clients`` connections."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial, v text)")
-
-    async def client(stop: float, counts: list[int]) -> None:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            n = 0
-            while time.monotonic() < stop:
-                await conn.execute("INSERT INTO bench_ceiling (v) VALUES ('x')")
-                n += 1
-            counts.append(n)
-
-    async def main() -> float:
-        counts: list[int] = []
-        started = time.monotonic()
-        await asyncio.gather(*(client(started + seconds, counts) for _ in range(clients)))
-        return sum(counts) / (time.monotonic() - started)
-
-    return asyncio.run(main())
+#: The ceiling: a single-row INSERT, what PostgreSQL itself does for one small write.
+INSERT_SETUP = "CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial, v text)"
+INSERT = "INSERT INTO bench_ceiling (v) VALUES ('x')"
 
 
 def start_instances(dsn: str, dsls: list[str]) -> float:
@@ -91,19 +63,6 @@ def start_instances(dsn: str, dsls: list[str]) -> float:
         return len(dsls) / (time.monotonic() - started)
 
     return asyncio.run(main())
-
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, current RSS in bytes) of a running process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    return cpu, rss
 
 
 def wait_count(
@@ -130,14 +89,10 @@ def all_waiting(conn: Conn, expected: int) -> None:
 
 def idle_cpu(pid: int, seconds: float = 10.0) -> tuple[float, int]:
     """CPU seconds the worker used over ``seconds`` of waiting, and its RSS."""
-    before, _ = proc_stats(pid)
+    before = harness.proc_stats(pid)
     time.sleep(seconds)
-    after, rss = proc_stats(pid)
-    return after - before, rss
-
-
-def pct(values: list[float], p: int) -> float:
-    return statistics.quantiles(values, n=100)[p - 1]
+    after = harness.proc_stats(pid)
+    return after.cpu - before.cpu, after.rss
 
 
 def main() -> None:
@@ -150,40 +105,19 @@ def main() -> None:
     parser.add_argument("--signals", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    server = None
-    dsn = args.dsn
-    if dsn is None:
-        tmp = Path(tempfile.mkdtemp(prefix="pg-durable-bench-"))
-        tmp.chmod(0o755)
-        server = EmbeddedPostgres(tmp / "data", extra_settings={"max_connections": "200"})
-        server.start()
-        with psycopg.connect(server.dsn(), autocommit=True) as c:
-            c.execute("CREATE DATABASE bench")
-        dsn = server.dsn("bench")
-    try:
+    with harness.database(args.dsn) as dsn:
         run(dsn, args)
-    finally:
-        if server is not None:
-            server.stop()
 
 
 def run(dsn: str, args: argparse.Namespace) -> None:
-    schema.install(dsn)
-    conn = psycopg.connect(dsn, autocommit=True)
-    version = conn.execute("SHOW server_version").fetchone()
-    database = conn.execute("SELECT current_database()").fetchone()
-    assert version is not None and database is not None
-    conn.execute(
-        psycopg.sql.SQL("ALTER DATABASE {} SET pg_durable.enable_superuser_instances = on").format(
-            psycopg.sql.Identifier(database[0])
+    conn = harness.prepare(dsn)
+    facts = harness.machine(conn)
+    print(
+        harness.describe(
+            "pg_durable waits benchmark", facts, f"worker concurrency {args.concurrency}"
         )
     )
-    print(f"pg_durable waits benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(
-        f"machine  : {platform.machine()}, {os.cpu_count()} cores; PostgreSQL {version[0]}; "
-        f"worker concurrency {args.concurrency}"
-    )
-    ceiling = insert_ceiling(dsn, CLIENTS, 5.0)
+    ceiling = harness.ceiling(dsn, CLIENTS, 5.0, INSERT, INSERT_SETUP)
     print(f"ceiling  : {ceiling:8.0f} single-row INSERT transactions/s ({CLIENTS} psycopg clients)")
     # df.start on its own: the first tenth, while no worker runs.
     tenth = args.instances // 10
@@ -192,20 +126,7 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         f"starts   : {alone:8.0f} df.start/s with no worker running "
         f"({alone / ceiling:.0%} of the ceiling)"
     )
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from pg_durable.cli.main import main; raise SystemExit(main())",
-            "worker",
-            "--dsn",
-            dsn,
-            "--concurrency",
-            str(args.concurrency),
-            "--log-level",
-            "WARNING",
-        ]
-    )
+    worker = harness.start_worker(dsn, args.concurrency, conn)
     try:
         all_waiting(conn, tenth)
         cpu, rss = idle_cpu(worker.pid)
@@ -235,11 +156,10 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         ]
         timer_burst(conn, dsn, args.burst)
         signal_latency(conn, waiters)
-        _, rss = proc_stats(worker.pid)
+        rss = harness.proc_stats(worker.pid).rss
         print(f"worker   : RSS {rss / 2**20:.0f} MiB at the end")
     finally:
-        worker.terminate()
-        worker.wait(30)
+        harness.stop_worker(worker)
         conn.close()
 
 
@@ -267,7 +187,8 @@ def timer_burst(conn: Conn, dsn: str, count: int) -> None:
     ]
     print(
         f"timers   : {count} waits on one second fired with lag p50 {statistics.median(lags):.3f}"
-        f" s, p99 {pct(lags, 99):.3f} s, max {max(lags):.3f} s (min {min(lags):.3f} s)"
+        f" s, p99 {harness.percentile(lags, 99):.3f} s, max {max(lags):.3f} s"
+        f" (min {min(lags):.3f} s)"
     )
 
 
@@ -294,7 +215,7 @@ def signal_latency(conn: Conn, waiters: list[str]) -> None:
             time.sleep(0.001)
     print(
         f"signals  : df.signal → next step started p50 {1000 * statistics.median(lags):.1f} ms,"
-        f" p99 {1000 * pct(lags, 99):.1f} ms ({len(lags)} signals, sequential)"
+        f" p99 {1000 * harness.percentile(lags, 99):.1f} ms ({len(lags)} signals, sequential)"
     )
 
 
