@@ -24,9 +24,11 @@ from pg_durable.client.steps import (
     join,
     loop,
     race,
+    retry,
     seq,
     sleep,
     sql,
+    timeout,
     wait_for_schedule,
     wait_for_signal,
 )
@@ -50,9 +52,11 @@ __all__ = [
     "join",
     "loop",
     "race",
+    "retry",
     "seq",
     "sleep",
     "sql",
+    "timeout",
     "wait_for_schedule",
     "wait_for_signal",
 ]

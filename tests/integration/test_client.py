@@ -42,9 +42,11 @@ from pg_durable.client import (
     join,
     loop,
     race,
+    retry,
     seq,
     sleep,
     sql,
+    timeout,
     wait_for_schedule,
     wait_for_signal,
 )
@@ -104,6 +106,13 @@ CASES: list[tuple[str, Workflow, str]] = [
     ("schedule", wait_for_schedule("*/5 * * * *"), "df.wait_for_schedule('*/5 * * * *')"),
     ("named leaf kinds", sleep(1).as_("s") >> wait_for_signal("x").as_("sig"),
      "(df.sleep(1) |=> 's') ~> (df.wait_for_signal('x') |=> 'sig')"),
+    ("retry", retry("SELECT 1", 3), "df.retry('SELECT 1', 3)"),
+    ("retry backoff", retry(sql("a") >> "b", 5, 0.5, 1.5).as_("r"),
+     "df.retry('a' ~> 'b', 5, 0.5, 1.5) |=> 'r'"),
+    ("retry no backoff", retry(sleep(1), 1, 0, 1), "df.retry(df.sleep(1), 1, 0, 1)"),
+    ("timeout", timeout("SELECT pg_sleep(5)", 2), "df.timeout('SELECT pg_sleep(5)', 2)"),
+    ("timeout timedelta", timeout(retry(wait_for_signal("s"), 2), timedelta(minutes=1)),
+     "df.timeout(df.retry(df.wait_for_signal('s'), 2), 60)"),
     ("precedence", sql("a") >> "b" & sql("c") | "d",
      "(('a' ~> 'b') & 'c') | 'd'"),
     ("nested", if_(sql("SELECT $x.n > 1"), loop(join("a", "b", "c") >> break_("y")),
@@ -239,6 +248,18 @@ def test_constructor_errors_are_the_dsl_errors(conn: Conn) -> None:
         (lambda: sql("x").as_("a-b"), "df.as('x', 'a-b')", None),
         (lambda: sql("x").as_("ä"), "df.as('x', 'ä')", None),
         (lambda: sleep(-1), "df.sleep(-1)", None),
+        (lambda: retry("a", 0), "df.retry('a', 0)", None),
+        (lambda: retry("a", 2, -1), "df.retry('a', 2, -1)", None),
+        (lambda: retry("a", 2, 1, 0.5), "df.retry('a', 2, 1, 0.5)", None),
+        (lambda: retry("a", 2, float("nan")), "df.retry('a', 2, 'NaN')", None),
+        (lambda: retry("a", 2, -1e-20), "df.retry('a', 2, -1e-20)", None),
+        (
+            lambda: retry("a", 2, 1, 0.30000000000000004),
+            "df.retry('a', 2, 1, 0.30000000000000004)",
+            None,
+        ),
+        (lambda: retry("a", 2, float("inf")), "df.retry('a', 2, 'Infinity')", None),
+        (lambda: timeout("a", 0), "df.timeout('a', 0)", None),
         (lambda: wait_for_signal(""), "df.wait_for_signal('')", None),
         (lambda: wait_for_signal("s", 0), "df.wait_for_signal('s', 0)", None),
         (lambda: wait_for_signal("x" * 257), "df.wait_for_signal(%s)", ("x" * 257,)),
@@ -269,6 +290,25 @@ def test_what_only_the_server_checks_is_refused_by_start(conn: Conn) -> None:
     with pytest.raises(psycopg.Error, match="unsupported URL scheme 'ftp'"):
         client.start(conn, http("ftp://files.example/x"))
     assert one(conn, "SELECT count(*) FROM df.instances") == 0
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    backoff=st.one_of(
+        st.floats(0, 1e300, allow_nan=False, allow_infinity=False),
+        st.sampled_from([0.1, 1e-4, 1e-5, 1e14, 1e15, 123456789012345.6, 5e-324, 2.5, 1e23]),
+    ),
+    factor=st.floats(1, 1e300, allow_nan=False, allow_infinity=False),
+)
+def test_retry_numbers_are_written_as_postgresql_writes_float8(
+    conn: Conn, backoff: float, factor: float
+) -> None:
+    expected = sql_envelope(conn, "df.retry('x', 2, %s::float8, %s::float8)", (backoff, factor))
+    assert retry("x", 2, backoff, factor).to_json() == expected
 
 
 # -------------------------------------------------------------------------------------------
@@ -360,6 +400,20 @@ def _compose(children: st.SearchStrategy[Built]) -> st.SearchStrategy[Built]:
                 pgsql.SQL("df.if_rows({}, {}, {})").format(
                     lit(p[0]), p[1].expression, p[2].expression
                 ),
+            )
+        ),
+        st.tuples(children, st.integers(1, 10), st.floats(0, 100), st.floats(1, 10)).map(
+            lambda p: Built(
+                retry(p[0].python, p[1], p[2], p[3]),
+                pgsql.SQL("df.retry({}, {}, {}::float8, {}::float8)").format(
+                    p[0].expression, p[1], repr(p[2]), repr(p[3])
+                ),
+            )
+        ),
+        st.tuples(children, st.integers(1, 10**6)).map(
+            lambda p: Built(
+                timeout(p[0].python, p[1]),
+                pgsql.SQL("df.timeout({}, {})").format(p[0].expression, p[1]),
             )
         ),
         st.tuples(children, st.none() | children).map(

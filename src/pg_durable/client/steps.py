@@ -17,6 +17,7 @@ Python                                         SQL
 ``wait_for_signal("ok", timeout=3600)``        ``df.wait_for_signal('ok', 3600)``
 ``wait_for_schedule("0 3 * * *")``             ``df.wait_for_schedule('0 3 * * *')``
 ``http(url, …)``, ``http_multipart(url, …)``   ``df.http(url, …)``, ``df.http_multipart(…)``
+``retry(a, 3)``, ``timeout(a, 30)``            ``df.retry(a, 3)``, ``df.timeout(a, 30)``
 =============================================  ============================================
 
 Where a step is expected, text is accepted too (:func:`~pg_durable.client.workflow.as_step`):
@@ -31,9 +32,13 @@ HTTP step built here while the policy is off fails when it runs, not when it is 
 from __future__ import annotations
 
 import base64
+import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
+from fractions import Fraction
 
 from pg_durable.client.workflow import Step, Workflow, as_step, json_text
 
@@ -47,9 +52,11 @@ __all__ = [
     "join",
     "loop",
     "race",
+    "retry",
     "seq",
     "sleep",
     "sql",
+    "timeout",
     "wait_for_schedule",
     "wait_for_signal",
 ]
@@ -278,3 +285,103 @@ def http_multipart(
         + "}"
     )  # fmt: skip
     return Workflow("HTTP_MULTIPART", query=config)
+
+
+def _float8_text(value: float) -> str:
+    """``value`` as PostgreSQL writes a float8 (``to_json``, default extra_float_digits): the
+    fewest digits that read back as the same double, fixed notation for decimal exponents from
+    -4 to 14 and ``1.5e+15`` beyond. PostgreSQL's shortest digits (Ryu) must lie strictly
+    between the double's neighbours' midpoints, so where Python's ``repr`` takes a midpoint
+    (``1e+23``) it writes more digits (``9.999999999999999e+22``)."""
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    digits, exponent = _shortest_digits(abs(value))
+    while len(digits) > 1 and digits.endswith("0"):
+        digits = digits[:-1]
+        exponent += 1
+    minus = "-" if value < 0 else ""
+    magnitude = len(digits) - 1 + exponent
+    if not -4 <= magnitude < 15:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if magnitude < 0 else '+'}{abs(magnitude):02d}"
+    if exponent >= 0:
+        return minus + digits + "0" * exponent
+    point = len(digits) + exponent
+    if point > 0:
+        return minus + digits[:point] + "." + digits[point:]
+    return minus + "0." + "0" * -point + digits
+
+
+def _shortest_digits(value: float) -> tuple[str, int]:
+    """The digits d and exponent e of the shortest d·10^e strictly inside ``value``'s rounding
+    interval (the nearest such one), by exact arithmetic on the double's bits."""
+    bits = struct.unpack("<Q", struct.pack("<d", value))[0]
+    biased, fraction = (bits >> 52) & 0x7FF, bits & ((1 << 52) - 1)
+    mantissa, power = (fraction, -1074) if biased == 0 else (fraction | 1 << 52, biased - 1075)
+    exact = Fraction(mantissa) * Fraction(2) ** power
+    ulp = Fraction(2) ** power
+    # Just above a power of two, the double below is half as far as the one above.
+    below = ulp / 2 if fraction == 0 and biased > 1 else ulp
+    low, high = exact - below / 2, exact + ulp / 2
+    magnitude = math.floor(math.log10(value))
+    for count in range(1, 18):
+        found: list[tuple[Fraction, int, int]] = []
+        for shift in range(magnitude - count, magnitude - count + 3):
+            step = Fraction(10) ** shift
+            nearest = round(exact / step)
+            for candidate in (nearest - 1, nearest, nearest + 1):
+                if 0 < candidate < 10**count and low < candidate * step < high:
+                    found.append((abs(candidate * step - exact), candidate, shift))
+        if found:
+            _, candidate, shift = min(found)
+            return str(candidate), shift
+    raise AssertionError(f"no 17-digit representation of {value!r}")  # (there always is)
+
+
+def _number(value: float) -> str:
+    # As df.retry's messages print it: a float8 cast to numeric keeps 15 significant digits.
+    if math.isnan(value):
+        return "NaN"
+    return format(Decimal(format(value, ".15g")), "f")
+
+
+def retry(
+    node: Step,
+    max_attempts: int,
+    backoff_seconds: float = 1.0,
+    backoff_factor: float = 2.0,
+) -> Workflow:
+    """Run ``node`` again from its start when it fails, up to ``max_attempts`` times in all,
+    waiting ``backoff_seconds`` after the first failure and ``backoff_factor`` times longer
+    after each next one (``df.retry``; docs/reliability.md). ``max_attempts=1`` never retries.
+    """
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise TypeError(f"max_attempts is an int, not {type(max_attempts).__name__}")
+    if not 1 <= max_attempts <= _INT4_MAX:
+        raise ValueError(f"df.retry: max_attempts must be at least 1 (got {max_attempts})")
+    backoff, factor = float(backoff_seconds), float(backoff_factor)
+    if not (0 <= backoff < 1e308):
+        raise ValueError(
+            "df.retry: backoff_seconds must be a number of seconds, 0 or more "
+            f"(got {_number(backoff)})"
+        )
+    if not (1 <= factor < 1e308):
+        raise ValueError(
+            f"df.retry: backoff_factor must be a number, 1 or more (got {_number(factor)})"
+        )
+    config = (
+        '{"max_attempts":' + str(max_attempts)
+        + ',"backoff_seconds":' + _float8_text(backoff)
+        + ',"backoff_factor":' + _float8_text(factor)
+        + "}"
+    )  # fmt: skip
+    return Workflow("RETRY", left=as_step(node), query=config)
+
+
+def timeout(node: Step, seconds: int | timedelta) -> Workflow:
+    """Fail ``node`` once it has run for ``seconds``, cancelling what of it still runs — its
+    statement, its branches, its waits (``df.timeout``; docs/reliability.md)."""
+    n = _whole_seconds(seconds, "a timeout")
+    if not 1 <= n <= _INT4_MAX:
+        raise ValueError(f"df.timeout: seconds must be positive (got {n})")
+    return Workflow("TIMEOUT", left=as_step(node), query='{"seconds":' + str(n) + "}")
