@@ -21,6 +21,7 @@ from psycopg import sql
 
 from pg_durable import __version__
 from pg_durable.engine.http import HttpClient
+from tests.fixtures.crash import spawn_worker
 from tests.fixtures.engine import WorkerThread, run_workflow, wait_for
 from tests.fixtures.http_server import HttpServer, Reply, self_signed
 from tests.fixtures.roles import Roles
@@ -645,6 +646,27 @@ def test_policy_changes_reach_a_running_worker(
     assert len(http_server.received) == 1
 
 
+def test_alter_system_reaches_a_running_worker(
+    conn: Conn, db_name: str, worker: WorkerThread, http_server: HttpServer
+) -> None:
+    http_server.reply("/", body=b"on")
+    set_policy(conn, db_name, "allow-all")
+    envelope_text = json_literal(conn, http(http_server.url("/")))
+    set_policy(conn, db_name, "off")
+    iid, status = run_workflow(conn, envelope_text)
+    assert status == "failed"
+    conn.execute(f'ALTER DATABASE "{db_name}" RESET pg_durable.http_policy')
+    try:
+        conn.execute("ALTER SYSTEM SET pg_durable.http_policy = 'allow-all'")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)  # (sessions take the new configuration when the signal reaches them)
+        iid, status = run_workflow(conn, envelope_text)
+        assert status == "completed", output_of(conn, iid)
+    finally:
+        conn.execute("ALTER SYSTEM RESET pg_durable.http_policy")
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def test_privilege_revoked_after_start_blocks_the_request(
     conn: Conn,
     allow_all: None,
@@ -748,6 +770,39 @@ def test_a_request_sent_again_after_its_lease_ran_out_has_the_same_key(
     assert len(http_server.received) == 2
 
 
+def test_a_worker_killed_mid_request_leaves_it_to_another_after_the_lease(
+    conn: Conn,
+    dsn: str,
+    allow_all: None,
+    start_worker: Callable[..., WorkerThread],
+    http_server: HttpServer,
+) -> None:
+    hold = threading.Event()
+    http_server.replies("/charge", Reply(hold=hold), Reply(201, b"charged"))
+    doomed = spawn_worker(dsn)
+    try:
+        iid = str(
+            one(conn, f"SELECT df.start({http(http_server.url('/charge'), 'POST', '{}', None, 2)})")
+        )
+        (first,) = http_server.wait_for(1)
+        started = time.monotonic()
+        doomed.kill()
+        doomed.wait()
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
+    start_worker()
+    time.sleep(3)
+    assert len(http_server.received) == 1  # leased: not sent again before 2 s + 30 s
+    second = http_server.wait_for(2, timeout=45)[1]
+    assert 30 < time.monotonic() - started < 40
+    assert wait_for(conn, iid) == "completed", output_of(conn, iid)
+    assert envelope(conn, iid)["status"] == 201
+    assert second.headers["idempotency-key"] == first.headers["idempotency-key"]
+    hold.set()
+
+
 def test_a_retried_request_keeps_its_key(
     conn: Conn, allow_all: None, worker: WorkerThread, http_server: HttpServer
 ) -> None:
@@ -775,6 +830,22 @@ def test_cancelled_while_a_request_waits(
     time.sleep(0.5)
     assert one(conn, "SELECT count(*) FROM after_http") == 0
     assert one(conn, "SELECT count(*) FROM df._fibers WHERE instance_id = %s", (iid,)) == 0
+
+
+def test_requests_of_join_branches_and_of_many_instances_run_at_once(
+    conn: Conn, allow_all: None, worker: WorkerThread, http_server: HttpServer
+) -> None:
+    http_server.reply("/slow", delay=1.5, body=b"s")
+    slow = http(http_server.url("/slow"))
+    started = time.monotonic()
+    iid, status = run_workflow(conn, f"df.join({slow}, {slow})")
+    assert status == "completed", output_of(conn, iid)
+    assert time.monotonic() - started < 2.8  # (the worker has 4 slots)
+    assert [r["status"] for r in result_of(conn, iid)] == [200, 200]
+    http_server.reply("/quick", body=b"q")
+    ids = [str(one(conn, f"SELECT df.start({http(http_server.url('/quick'))})")) for _ in range(12)]
+    assert {wait_for(conn, i) for i in ids} == {"completed"}
+    assert len(http_server.received) == 2 + 12
 
 
 # -- TLS ----------------------------------------------------------------------------------------
