@@ -749,6 +749,10 @@ THEN_SLEEP = "{'node_type': 'THEN'}"
 
 START_REJECTS = [
     (
+        env(node_type="HTTP_MULTIPART", query='{"url": "http://localhost/", "parts": []}'),
+        GRAPH + "root: parts must contain at least one part",
+    ),
+    (
         env(node_type="LOOP", left_node=sql_node("a"), right_node=sql_node("b")),
         GRAPH + "root: LOOP nodes need a left_node (the body) and no right_node",
     ),
@@ -856,16 +860,21 @@ def test_df_start_rejects_a_bad_hand_built_schedule(roles: Roles) -> None:
 #: Graphs df.start accepts, or rows a role inserts itself, that the worker must fail with a
 #: clear reason: (how, graph, what the instance's output says).
 WORKER_FAILS: list[tuple[str, Any, str]] = [
-    # Through df.start, as a role that may not make HTTP requests.
+    # Through df.start, as a role that may not make HTTP requests (and HTTP is off).
     (
         "start",
         env(node_type="HTTP", query='{"url": "http://169.254.169.254/latest/meta-data/"}'),
-        "HTTP nodes are not supported by this version of the pg_durable worker",
+        "Blocked: outbound HTTP requests are disabled. Set pg_durable.http_policy to "
+        "'allow-list' (with pg_durable.http_allowed_hosts) or 'allow-all' to enable them.",
     ),
     (
         "start",
-        env(node_type="HTTP_MULTIPART", query='{"url": "http://localhost/", "parts": []}'),
-        "HTTP_MULTIPART nodes are not supported by this version of the pg_durable worker",
+        env(
+            node_type="HTTP_MULTIPART",
+            query='{"url": "http://localhost/", "parts": [{"name": "f", "data_b64": ""}]}',
+        ),
+        "Blocked: outbound HTTP requests are disabled. Set pg_durable.http_policy to "
+        "'allow-list' (with pg_durable.http_allowed_hosts) or 'allow-all' to enable them.",
     ),
     ("start", env(node_type="BREAK", query='{"break_value": 5}'), "break_value must be a string"),
     (

@@ -36,6 +36,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pg_durable.engine.faults import transient
 from pg_durable.engine.http import Admitted, HttpSteps
 from pg_durable.engine.http_request import describe
 from pg_durable.engine.identity import Role, StepRunner
@@ -210,13 +211,11 @@ class Executor:
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
             return Batch([], len(rows))
-        except psycopg.OperationalError:
-            raise
         except (_NeedsAutocommit, _NeedsNetwork):  # (one fiber only) run_single knows how
             await self._rollback(conns)
             return Batch([Retry.of(rows[0])], 0)
-        except Exception:
-            if not batched:
+        except Exception as exc:
+            if not batched or transient(exc):
                 raise
             # A statement aborted the transaction, or something went wrong with one fiber:
             # run each alone, where the one at fault is found; the others lose nothing.
