@@ -78,6 +78,8 @@ TYPES = (
     "HTTP",
     "HTTP_MULTIPART",
     "SIGNAL",
+    "RETRY",
+    "TIMEOUT",
 )
 FIELDS = ("left_node", "right_node", "condition_node", "extra_nodes")
 #: Text PostgreSQL can hold (no NUL, no lone surrogate).
@@ -173,6 +175,17 @@ def config_text() -> st.SearchStrategy[str]:
             lambda name: json.dumps({"condition_type": "result_has_rows", "result_name": name}),
             st.one_of(TEXT, JSON_SCALAR),
         ),
+        st.builds(
+            lambda attempts, backoff, factor: json.dumps(
+                {"max_attempts": attempts, "backoff_seconds": backoff, "backoff_factor": factor}
+            ),
+            st.one_of(st.integers(-2, 2**32), JSON_SCALAR),
+            st.one_of(st.floats(allow_nan=False), JSON_SCALAR),
+            st.one_of(st.floats(allow_nan=False), JSON_SCALAR),
+        ),
+        st.builds(
+            lambda v: json.dumps({"seconds": v}), st.one_of(st.integers(-2, 2**32), JSON_SCALAR)
+        ),
         st.builds(json.dumps, JSON_VALUE),
     )
 
@@ -206,10 +219,13 @@ BIGINT_ARG = st.one_of(
 INT_ARG = st.one_of(
     st.none(), st.integers(-(2**33), 2**33), st.sampled_from([0, 1, 2**31 - 1])
 ).map(lambda v: lit(v, "numeric"))
+FLOAT_ARG = st.one_of(st.none(), st.floats(), st.sampled_from([0.0, 1.0, -0.0])).map(
+    lambda v: lit(v, "float8")
+)
 
 #: Constructors and operators: (template, argument kinds); "f" is a workflow argument (any
-#: expression), "t" text, "i" an int, "b" a bigint. Numbers are passed as numeric and cast
-#: in the template, so that out-of-range values reach PostgreSQL.
+#: expression), "t" text, "i" an int, "b" a bigint, "d" a double. Integers are passed as numeric
+#: and cast in the template, so that out-of-range values reach PostgreSQL.
 CALLS: list[tuple[str, str]] = [
     ("df.sql({})", "t"),
     ("df.seq({}, {})", "ff"),
@@ -231,6 +247,9 @@ CALLS: list[tuple[str, str]] = [
     ("df.wait_for_signal({})", "t"),
     ("df.wait_for_signal({}, {}::int)", "ti"),
     ("df.wait_for_schedule({})", "t"),
+    ("df.retry({}, {}::int)", "fi"),
+    ("df.retry({}, {}::int, {}, {})", "fidd"),
+    ("df.timeout({}, {}::int)", "fi"),
     ("({} ~> {})", "ff"),
     ("({} |=> {})", "ft"),
     ("({} & {})", "ff"),
@@ -244,7 +263,7 @@ CALLS: list[tuple[str, str]] = [
 
 def expressions() -> st.SearchStrategy[Expr]:
     def call(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
-        kinds = {"f": children, "t": TEXT_ARG, "i": INT_ARG, "b": BIGINT_ARG}
+        kinds = {"f": children, "t": TEXT_ARG, "i": INT_ARG, "b": BIGINT_ARG, "d": FLOAT_ARG}
 
         @st.composite
         def build(draw: st.DrawFn) -> Expr:
@@ -361,7 +380,7 @@ def runnable(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
     """A graph of every node type the worker runs, valid or not, that ends quickly."""
     kinds = ["SQL", "SLEEP", "BREAK", "SIGNAL"]
     if depth < 4:
-        kinds += ["THEN", "IF", "JOIN", "LOOP", "RACE", "THEN", "IF"]
+        kinds += ["THEN", "IF", "JOIN", "LOOP", "RACE", "THEN", "IF", "RETRY", "TIMEOUT"]
     kind = draw(st.sampled_from(kinds))
     node: dict[str, Any] = {"node_type": kind}
     if draw(st.integers(0, 3)) == 0:
@@ -385,6 +404,12 @@ def runnable(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
         node["left_node"] = draw(child)
         if draw(st.booleans()):
             node["condition_node"] = draw(child)
+    elif kind == "RETRY":
+        node["left_node"] = draw(child)
+        node["query"] = json.dumps({"max_attempts": draw(st.integers(1, 3)), "backoff_seconds": 0})
+    elif kind == "TIMEOUT":
+        node["left_node"] = draw(child)
+        node["query"] = json.dumps({"seconds": draw(st.integers(1, 2))})
     else:
         node["left_node"], node["right_node"] = draw(child), draw(child)
         if kind == "JOIN" and draw(st.booleans()):

@@ -496,3 +496,62 @@ def test_signal_timeout_beyond_an_int() -> None:
 def test_a_config_nested_deeper_than_python_reads_fails_the_graph() -> None:
     query = '{"break_value":null,"x":' + "[" * 5000 + "]" * 5000 + "}"
     rejects([row(ROOT, "BREAK", query)], r"\(BREAK\): query is JSON nested too deeply")
+
+
+# -- df.retry and df.timeout ------------------------------------------------------------------
+def test_retry_and_timeout_wrap_one_child() -> None:
+    g = make(
+        [
+            row(
+                ROOT,
+                "RETRY",
+                '{"max_attempts":3,"backoff_seconds":0.5,"backoff_factor":2}',
+                left="2",
+            ),
+            row("2", "TIMEOUT", '{"seconds":30}', left="3"),
+            sql("3"),
+        ]
+    )
+    retry, timeout = g.node(ROOT), g.node("2")
+    assert (retry.children, retry.max_attempts, retry.backoff_seconds, retry.backoff_factor) == (
+        ("2",),
+        3,
+        0.5,
+        2.0,
+    )
+    assert (timeout.children, timeout.timeout) == (("3",), 30)
+    assert g.parent == {"2": ROOT, "3": "2"}
+    # Backoff and factor have df.retry's defaults.
+    plain = make([row(ROOT, "RETRY", '{"max_attempts":2}', left="2"), sql("2")]).node(ROOT)
+    assert (plain.backoff_seconds, plain.backoff_factor) == (1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "query", "match"),
+    [
+        ("RETRY", "{}", "max_attempts must be a whole number"),
+        ("RETRY", '{"max_attempts":true}', "max_attempts must be a whole number"),
+        ("RETRY", '{"max_attempts":0}', "max_attempts must be at least 1"),
+        ("RETRY", '{"max_attempts":2147483648}', "max_attempts must be at least 1"),
+        ("RETRY", '{"max_attempts":2,"backoff_seconds":-1}', "backoff_seconds must be"),
+        ("RETRY", '{"max_attempts":2,"backoff_seconds":"1"}', "backoff_seconds must be a finite"),
+        ("RETRY", '{"max_attempts":2,"backoff_factor":0.5}', "backoff_factor must be"),
+        ("RETRY", '{"max_attempts":2,"backoff_factor":1e999}', "backoff_factor must be a finite"),
+        ("TIMEOUT", '{"seconds":0}', "seconds must be positive"),
+        ("TIMEOUT", '{"seconds":1.5}', "seconds must be a whole number"),
+        ("TIMEOUT", "[]", "query must be a JSON config object"),
+        ("TIMEOUT", "soon", "query must be JSON config"),
+    ],
+)
+def test_retry_and_timeout_configs_are_checked(kind: str, query: str, match: str) -> None:
+    rejects([row(ROOT, kind, query, left="2"), sql("2")], rf"node 00000001 \({kind}\): {match}")
+
+
+@pytest.mark.parametrize("kind", ["RETRY", "TIMEOUT"])
+def test_retry_and_timeout_need_exactly_a_left_child(kind: str) -> None:
+    query = '{"max_attempts":2,"seconds":2}'
+    rejects([row(ROOT, kind, query)], "needs a left child and no right child")
+    rejects(
+        [row(ROOT, kind, query, left="2", right="3"), sql("2"), sql("3")],
+        "needs a left child and no right child",
+    )
