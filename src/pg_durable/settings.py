@@ -63,6 +63,10 @@ class Settings:
     #: limit but the role's own statement_timeout (pg_durable's default). With that and
     #: df.timeout, the smallest applies (docs/reliability.md).
     step_timeout: float = 0.0
+    #: Seconds another worker waits before it takes over a step running outside any
+    #: transaction (VACUUM and the like) from a worker that stopped renewing its lease — died,
+    #: or lost the database. Renewed every third of it while the statement runs.
+    lease_seconds: float = 30.0
     #: Seconds between polls for work when no NOTIFY arrives (NOTIFY is a hint, not the truth).
     poll_interval: float = 1.0
     #: Seconds between heartbeats written to df._workers.
@@ -111,7 +115,12 @@ class Settings:
         for name in ("max_result_bytes", "max_result_rows", "http_max_response_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("poll_interval", "heartbeat_interval", "reconnect_max_backoff"):
+        for name in (
+            "poll_interval",
+            "heartbeat_interval",
+            "reconnect_max_backoff",
+            "lease_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive (got {getattr(self, name)})")
         if not 0 <= self.step_timeout <= MAX_STEP_TIMEOUT:

@@ -39,6 +39,10 @@ _HELP = {
         "seconds a SQL step's statement may run before it fails; 0: no limit but the role's "
         "own statement_timeout (with df.timeout, the smallest applies)"
     ),
+    "lease_seconds": (
+        "seconds before another worker takes over a step running outside any transaction "
+        "from a worker that stopped renewing its lease"
+    ),
     "poll_interval": "seconds between polls for work when no NOTIFY arrives",
     "heartbeat_interval": "seconds between heartbeats written to df._workers",
     "shutdown_grace": "seconds a graceful stop waits for in-flight steps before cancelling",

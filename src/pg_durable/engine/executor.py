@@ -27,6 +27,8 @@ again and records the response (:meth:`Executor.run_single`, engine/http.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -77,8 +79,6 @@ _MAX_INLINE: Final = 64
 #: Nodes of instance graphs the worker keeps in memory (about 0.5 KB each), so that a wake-up
 #: of a recently seen instance — a timer, a signal — does not load its graph again.
 _GRAPH_CACHE_NODES: Final = 20_000
-#: Seconds a fiber stays leased to the worker running its autocommit statement.
-AUTOCOMMIT_LEASE: Final = 3600
 #: Seconds a fiber stays leased past its HTTP request's timeout: time to claim it again and
 #: record the response. A worker that dies mid-request holds the step up no longer than that.
 HTTP_LEASE_MARGIN: Final = 30
@@ -181,12 +181,14 @@ class Executor:
         loop_max_iterations: int = 100_000,
         loop_min_interval: float = 1.0,
         step_timeout: float = 0.0,
+        lease_seconds: float = 30.0,
     ) -> None:
         self.batch_window = batch_window
         self.loop_max_iterations = loop_max_iterations
         self.loop_min_interval = loop_min_interval
         #: Seconds a SQL step's statement may run (0: no limit but the role's own).
         self.step_timeout = step_timeout
+        self.lease_seconds = lease_seconds
         self.sql = SqlSteps(runner, slow_seconds=batch_window)
         self.remote = remote
         self.http = http
@@ -241,24 +243,31 @@ class Executor:
         except _NeedsAutocommit as needs:
             # Lease the fiber (and commit), run the statement outside any transaction, then
             # record its outcome under the lease.
-            cur = await conn.execute(
-                query("lease_fiber"),
-                {"scope": row["scope"], "version": row["version"], "seconds": AUTOCOMMIT_LEASE},
-            )
+            lease = {"scope": row["scope"], "seconds": self.lease_seconds}
+            cur = await conn.execute(query("lease_fiber"), {**lease, "version": row["version"]})
             leased = await cur.fetchone()
             await conn.execute("COMMIT")
             if leased is None:
                 return
             statement = needs.statement
-            if statement.database is None:
-                known[needs.node_id] = await self.sql.run_autocommit(
-                    conns, statement.role, statement.text, statement
-                )
-            else:
-                linked = await self.remote.connections(conns, statement.database)
-                known[needs.node_id] = await self.remote.steps(statement.database).run_autocommit(
-                    linked, statement.role, statement.text, statement
-                )
+            renewing = asyncio.create_task(
+                self._renew_lease(conn, {**lease, "version": leased["version"]})
+            )
+            try:
+                if statement.database is None:
+                    known[needs.node_id] = await self.sql.run_autocommit(
+                        conns, statement.role, statement.text, statement
+                    )
+                else:
+                    linked = await self.remote.connections(conns, statement.database)
+                    steps = self.remote.steps(statement.database)
+                    known[needs.node_id] = await steps.run_autocommit(
+                        linked, statement.role, statement.text, statement
+                    )
+            finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
         except _NeedsNetwork as network:
             # Lease the fiber for as long as the request may take (and commit): no transaction
             # waits on the network. If this worker dies meanwhile, the lease runs out and
@@ -290,6 +299,23 @@ class Executor:
             await conn.execute("ROLLBACK")
             return
         await self.run_single(conns, dict(again), known)
+
+    async def _renew_lease(self, conn: AnyConn, lease: dict[str, Any]) -> None:
+        """Keep the fiber leased while its statement runs outside any transaction: renewed
+        every third of the lease, so a worker that dies, or loses the database, gives the step
+        up to another within ``lease_seconds`` (which runs it again: at least once)."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await conn.execute(query("renew_lease"), lease)
+            except psycopg.Error as exc:
+                logger.warning(
+                    "could not renew the lease of fiber %s (%s)",
+                    lease["scope"],
+                    exc,
+                    extra={"action": "lease_lost"},
+                )
+                return
 
     async def _rollback(self, conns: Connections) -> None:
         """Roll the transaction back. After a cancel the fibers stay claimable; whatever is

@@ -93,6 +93,7 @@ class Worker:
             loop_max_iterations=settings.loop_max_iterations,
             loop_min_interval=settings.loop_min_interval,
             step_timeout=settings.step_timeout,
+            lease_seconds=settings.lease_seconds,
         )
         self._slots = [Slot(i) for i in range(settings.concurrency)]
         self._stopping = asyncio.Event()

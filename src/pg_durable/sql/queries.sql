@@ -52,6 +52,12 @@ UPDATE df._fibers
  WHERE scope = %(scope)s AND version = %(version)s AND status = 'ready'
 RETURNING version
 
+-- name: renew_lease
+-- Keep a leased fiber from other workers a while longer (its autocommit statement still runs);
+-- the version stays: claim_scope takes it back at the version lease_fiber gave it.
+UPDATE df._fibers SET run_at = now() + make_interval(secs => %(seconds)s)
+ WHERE scope = %(scope)s AND version = %(version)s AND status = 'ready'
+
 -- name: load_instances
 -- Instances to run, with their graphs (a batch loads all it has not cached in one query).
 -- The role's own settings (ALTER ROLE … SET, also … IN DATABASE — the database its steps run
