@@ -29,13 +29,11 @@ RSS < 150 MB whatever the number waiting, timer lag p99 <= 1 s, signal latency p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import statistics
 import time
 
 import harness
-import psycopg
 
 Conn = harness.Conn
 CLIENTS = 4
@@ -46,23 +44,6 @@ SIGNALLED = "df.wait_for_signal('ping') ~> 'SELECT clock_timestamp() AS at'"
 #: The ceiling: a single-row INSERT, what PostgreSQL itself does for one small write.
 INSERT_SETUP = "CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial, v text)"
 INSERT = "INSERT INTO bench_ceiling (v) VALUES ('x')"
-
-
-def start_instances(dsn: str, dsls: list[str]) -> float:
-    """Start one instance per item of ``dsls`` from CLIENTS connections, one df.start per
-    transaction; returns df.start calls per second."""
-
-    async def client(items: list[str]) -> None:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            for dsl in items:
-                await conn.execute(f"SELECT df.start({dsl})")
-
-    async def main() -> float:
-        started = time.monotonic()
-        await asyncio.gather(*(client(dsls[i::CLIENTS]) for i in range(CLIENTS)))
-        return len(dsls) / (time.monotonic() - started)
-
-    return asyncio.run(main())
 
 
 def wait_count(
@@ -121,7 +102,8 @@ def run(dsn: str, args: argparse.Namespace) -> None:
     print(f"ceiling  : {ceiling:8.0f} single-row INSERT transactions/s ({CLIENTS} psycopg clients)")
     # df.start on its own: the first tenth, while no worker runs.
     tenth = args.instances // 10
-    alone = start_instances(dsn, [SLEEPER if i % 2 else WAITER for i in range(tenth)])
+    mixed = [SLEEPER if i % 2 else WAITER for i in range(tenth)]
+    alone = harness.start_instances(dsn, CLIENTS, mixed)
     print(
         f"starts   : {alone:8.0f} df.start/s with no worker running "
         f"({alone / ceiling:.0%} of the ceiling)"
@@ -136,8 +118,8 @@ def run(dsn: str, args: argparse.Namespace) -> None:
         )
         # The rest while the worker serves them: every new instance is one more transaction
         # of the worker's on the same machine.
-        served = start_instances(
-            dsn, [SLEEPER if i % 2 else WAITER for i in range(args.instances - tenth)]
+        served = harness.start_instances(
+            dsn, CLIENTS, [SLEEPER if i % 2 else WAITER for i in range(args.instances - tenth)]
         )
         print(
             f"starts   : {served:8.0f} df.start/s while the worker serves them "
@@ -149,7 +131,7 @@ def run(dsn: str, args: argparse.Namespace) -> None:
             f"waiting  : {args.instances:7d} instances; worker while they wait: {cpu / 10:.3f} "
             f"CPU s per s, RSS {rss / 2**20:.0f} MiB"
         )
-        start_instances(dsn, [SIGNALLED] * args.signals)
+        harness.start_instances(dsn, CLIENTS, [SIGNALLED] * args.signals)
         all_waiting(conn, args.instances + args.signals)
         waiters = [
             r[0] for r in conn.execute("SELECT instance_id FROM df._fibers WHERE awaiting = 'ping'")
@@ -169,7 +151,7 @@ def timer_burst(conn: Conn, dsn: str, count: int) -> None:
     assert now is not None
     tick = (now[0] + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
     cron = f"{tick.minute} {tick.hour} {tick.day} {tick.month} *"
-    start_instances(dsn, [f"df.wait_for_schedule('{cron}')"] * count)
+    harness.start_instances(dsn, CLIENTS, [f"df.wait_for_schedule('{cron}')"] * count)
     for table in ("df.instances", "df.nodes", "df._fibers", "df._instance_state"):
         conn.execute(f"VACUUM ANALYZE {table}")
     # The only instances that complete before the signal phase; a cheap look, once a second,

@@ -188,6 +188,23 @@ def ceiling(
     return asyncio.run(run())
 
 
+def start_instances(dsn: str, clients: int, dsls: list[str]) -> float:
+    """Start one instance per item of ``dsls`` (DSL expressions) from ``clients`` connections,
+    one df.start per transaction; returns df.start calls per second."""
+
+    async def client(items: list[str]) -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for dsl in items:
+                await conn.execute(f"SELECT df.start({dsl})")
+
+    async def run() -> float:
+        started = time.monotonic()
+        await asyncio.gather(*(client(dsls[i::clients]) for i in range(clients)))
+        return len(dsls) / (time.monotonic() - started)
+
+    return asyncio.run(run())
+
+
 # -- processes -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ProcStats:
