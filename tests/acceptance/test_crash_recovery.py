@@ -82,6 +82,40 @@ def test_kill_9_mid_step_rolls_the_step_back_and_runs_it_once_more(conn: Conn, d
         second.wait(30)
 
 
+def test_a_frozen_worker_loses_its_claims_within_the_lease(conn: Conn, dsn: str) -> None:
+    """A worker cut off mid-step (a partition; here its process is stopped with SIGSTOP) keeps
+    its transaction open and its claims locked, until the server ends the session once the
+    transaction has been idle for the lease: then another worker runs the step, once."""
+    conn.execute(LEDGER)
+    ids = start(conn, f"{step(1, sleep=1.0)} ~> {step(2)}", 1)
+    frozen = spawn_worker(dsn, lease_seconds=3)
+    try:
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                    "AND datname = current_database()"
+                ).fetchone()
+                != (0,)
+            ),
+            30,
+            "the slow step to start",
+        )
+        os.kill(frozen.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        other = spawn_worker(dsn, lease_seconds=3)
+        try:
+            assert_exactly_once(conn, ids, 2)
+            # Not before the frozen worker's session ended (idle for 3 s after the step).
+            assert time.monotonic() - started > 2.5
+        finally:
+            other.send_signal(signal.SIGTERM)
+            other.wait(30)
+    finally:
+        frozen.kill()
+        frozen.wait(10)
+
+
 def test_postgres_crash_mid_workflow_resumes_every_instance(
     conn: Conn, dsn: str, pg_server: Server, worker: WorkerThread
 ) -> None:

@@ -462,6 +462,9 @@ class Executor:
         node_id = str(run.statement_node)
         key = receipt_key(run.fiber.instance_id, run.fiber.scope, int(run.row["version"]), node_id)
         run.statement = None
+        # This transaction waits, idle, while the statement runs there: however long that is,
+        # it must not end the session (the worker's idle_in_transaction_session_timeout).
+        await conns.conn.execute(query("no_idle_timeout"))
         try:
             outcome = await self.remote.run(conns, statement, key)
         except NeedsAutocommit:

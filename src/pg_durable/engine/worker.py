@@ -52,6 +52,11 @@ _SMALL_BATCH = 8
 # Session settings of every worker connection: results are rendered in UTC/ISO, and df.*
 # guards know they run inside a workflow. RESET ALL after each step returns to these.
 _STEP_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c df.in_workflow=true"
+# A worker cut off from the database (a partition, a machine gone, a frozen process) would hold
+# its claims — row locks of an open transaction — until the server notices. Keepalives make
+# the server (and libpq) notice a dead peer within about 20 s; a transaction left idle for
+# longer than the lease ends the session, so its claims go to other workers within that bound.
+_KEEPALIVES = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=2"
 
 
 @dataclass(slots=True)
@@ -123,12 +128,17 @@ class Worker:
         dsn = self.settings.dsn
         if database is not None:  # steps of instances that run in another database
             dsn = make_conninfo(dsn, dbname=database)
+        idle = f"-c idle_in_transaction_session_timeout={int(self.settings.lease_seconds * 1000)}"
         conn = await psycopg.AsyncConnection.connect(
             dsn,
             autocommit=True,
             row_factory=dict_row,
             application_name=f"pg_durable:worker:{purpose}",
-            options=_STEP_OPTIONS if step else "-c TimeZone=UTC",
+            options=" ".join((_STEP_OPTIONS if step else "-c TimeZone=UTC", _KEEPALIVES, idle)),
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=2,
         )
         return conn
 

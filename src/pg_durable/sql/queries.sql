@@ -52,6 +52,10 @@ UPDATE df._fibers
  WHERE scope = %(scope)s AND version = %(version)s AND status = 'ready'
 RETURNING version
 
+-- name: no_idle_timeout
+-- For this transaction only (a step in another database runs meanwhile; engine/executor.py).
+SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', '0', true)
+
 -- name: renew_lease
 -- Keep a leased fiber from other workers a while longer (its autocommit statement still runs);
 -- the version stays: claim_scope takes it back at the version lease_fiber gave it.
