@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import psycopg
 
 from pg_durable import __version__, schema
-from pg_durable.cli import install, up, worker
+from pg_durable.cli import cancel, install, ls, show, start, up, wait, worker
 from pg_durable.cli import logging as cli_logging
+from pg_durable.cli import signal as signal_command
 from pg_durable.errors import PgDurableError
 from pg_durable.settings import ENV_PREFIX, Settings
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.register(commands)
     install.register(commands)
     worker.register(commands)
+    start.register(commands)
+    ls.register(commands)
+    show.register(commands)
+    wait.register(commands)
+    signal_command.register(commands)
+    cancel.register(commands)
     version = commands.add_parser("version", help="print the version and exit")
     version.set_defaults(func=version_command)
     for sub in commands.choices.values():

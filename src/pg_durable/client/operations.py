@@ -244,7 +244,9 @@ def _outcome(iid: str, row: Row) -> Operation[Outcome]:
     error = row["output"] if state != "completed" else None
     if state == "cancelled" and error is None:
         error = "cancelled"
-    return Outcome(instance_id=iid, status=state, result=value, error=error)
+    return Outcome(
+        instance_id=iid, status=state, result=value, error=error, elapsed=float(row["elapsed"])
+    )
 
 
 def await_instance(

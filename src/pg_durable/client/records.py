@@ -88,6 +88,8 @@ class Outcome:
     result: JSON
     #: The error text once failed (or the reason it stopped once cancelled), else None.
     error: str | None
+    #: Seconds from its start to its end.
+    elapsed: float
 
     @property
     def ok(self) -> bool:

@@ -414,3 +414,19 @@ SELECT l.instance_id, l.label, l.status, l.execution_count, l.output, l.created_
 
 -- name: client_explain
 SELECT df.explain(%(input)s::text) AS tree
+
+-- name: cli_time_ago
+-- pg-durable ls --since/--until 30m: that long before the database's now().
+SELECT now() - %(ago)s::interval AS at
+
+-- name: cli_time_at
+-- pg-durable ls --since/--until '2024-05-01 12:00': a time as PostgreSQL reads it.
+SELECT %(at)s::timestamptz AS at
+
+-- name: cli_start_expression
+-- pg-durable start FILE: {expression} is the file's DSL expression, spliced in as SQL text —
+-- what the user would type as df.start's argument in psql, run as the user's role. With
+-- parameters the statement goes by the extended protocol, which takes exactly one statement.
+SELECT df.start(
+{expression}
+, label => %(label)s::text, database => %(database)s::text) AS instance_id
