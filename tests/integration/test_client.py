@@ -30,6 +30,7 @@ from pg_durable.client import (
     InvalidInstanceId,
     Part,
     Progress,
+    SnapshotFrozen,
     WaitTimeout,
     Workflow,
     aio,
@@ -524,6 +525,23 @@ def test_await_failed_and_timeout(conn: Conn, worker: WorkerThread) -> None:
     assert isinstance(caught.value, TimeoutError)
     with pytest.raises(ValueError):
         client.await_instance(conn, slow, timeout=0)
+
+
+def test_await_in_a_repeatable_read_transaction_is_refused(
+    dsn: str, conn: Conn, worker: WorkerThread
+) -> None:
+    instance = client.start(conn, sleep(1))
+    with psycopg.connect(dsn) as c:
+        c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with pytest.raises(SnapshotFrozen, match="REPEATABLE READ"):
+            client.await_instance(c, instance, timeout=10)
+        c.rollback()
+        c.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        assert client.await_instance(c, instance, timeout=10).ok
+        c.rollback()
+        # The first statement of such a transaction sees the present: a finished instance.
+        c.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        assert client.await_instance(c, instance, timeout=10).ok
 
 
 def test_progress_reports_nodes_and_the_running_step(conn: Conn, worker: WorkerThread) -> None:

@@ -32,6 +32,7 @@ from pg_durable.client.errors import (
     InstanceNotCommitted,
     InstanceNotFound,
     InvalidInstanceId,
+    SnapshotFrozen,
     WaitTimeout,
 )
 from pg_durable.client.records import (
@@ -77,6 +78,7 @@ __all__ = [
     "Page",
     "Part",
     "Progress",
+    "SnapshotFrozen",
     "Status",
     "Step",
     "WaitTimeout",

@@ -153,6 +153,7 @@ async def await_instance(
     Raises:
         WaitTimeout: still not finished after ``timeout`` seconds.
         InstanceNotCommitted: it was started in this connection's open transaction.
+        SnapshotFrozen: the connection is in a REPEATABLE READ or SERIALIZABLE transaction.
         InstanceNotFound: no such instance, or another role's.
     """
     return await run(

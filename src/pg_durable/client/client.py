@@ -157,6 +157,7 @@ def await_instance(
     Raises:
         WaitTimeout: still not finished after ``timeout`` seconds.
         InstanceNotCommitted: it was started in this connection's open transaction.
+        SnapshotFrozen: the connection is in a REPEATABLE READ or SERIALIZABLE transaction.
         InstanceNotFound: no such instance, or another role's.
     """
     return run(conn, operations.await_instance(instance_id, timeout, poll_interval, on_progress))

@@ -13,6 +13,7 @@ __all__ = [
     "InstanceNotCommitted",
     "InstanceNotFound",
     "InvalidInstanceId",
+    "SnapshotFrozen",
     "WaitTimeout",
 ]
 
@@ -51,6 +52,19 @@ class InstanceNotCommitted(PgDurableError):
         super().__init__(
             f"instance {instance_id} was started in this transaction, which has not "
             "committed: no worker can see it yet; commit, then wait"
+        )
+        self.instance_id = instance_id
+
+
+class SnapshotFrozen(PgDurableError):
+    """The connection waits in a REPEATABLE READ or SERIALIZABLE transaction, whose snapshot
+    never shows what workers commit."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(
+            f"cannot wait for instance {instance_id} in this REPEATABLE READ (or SERIALIZABLE) "
+            "transaction: its snapshot never shows the workers' progress; wait on an autocommit "
+            "connection, or in READ COMMITTED"
         )
         self.instance_id = instance_id
 

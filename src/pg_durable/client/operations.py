@@ -22,6 +22,7 @@ from pg_durable.client.errors import (
     InstanceNotCommitted,
     InstanceNotFound,
     InvalidInstanceId,
+    SnapshotFrozen,
     WaitTimeout,
 )
 from pg_durable.client.records import (
@@ -260,6 +261,7 @@ def await_instance(
     Raises:
         WaitTimeout: not finished within ``timeout`` seconds (None: no limit).
         InstanceNotCommitted: it was started in the transaction polling for it.
+        SnapshotFrozen: the transaction polling for it cannot see what workers commit.
     """
     iid = instance_id(text)
     if timeout is not None and timeout <= 0:
@@ -272,6 +274,8 @@ def await_instance(
         row = yield from _instance_row(iid)
         if row["this_transaction"]:
             raise InstanceNotCommitted(iid)
+        if row["frozen"] and row["status"] not in TERMINAL:
+            raise SnapshotFrozen(iid)
         if on_progress is not None:
             found = yield Query("client_nodes", {"id": iid})
             on_progress(_progress(row, in_graph_order([_node(r) for r in found], row["root_node"])))

@@ -370,12 +370,16 @@ SELECT df.start(%(envelope)s::text, label => %(label)s::text, database => %(data
 -- One instance as the caller sees it. elapsed: seconds from its start to its end, or to now
 -- while it runs. this_transaction: it is still pending and was created in this very
 -- transaction (created_at is the inserting transaction's start), so no worker can see it yet.
+-- frozen: this statement is not the first of a REPEATABLE READ or SERIALIZABLE transaction, so
+-- it sees the snapshot of that first one and no progress made since.
 SELECT i.id, i.label, i.status, i.root_node, i.created_at, i.completed_at,
        coalesce(info.current_execution_id, 1) AS execution_count, info.output,
        extract(epoch FROM coalesce(i.completed_at,
                                    CASE WHEN i.status IN ('failed', 'cancelled') THEN i.updated_at END,
                                    statement_timestamp()) - i.created_at)::float8 AS elapsed,
-       i.status = 'pending' AND i.created_at = transaction_timestamp() AS this_transaction
+       i.status = 'pending' AND i.created_at = transaction_timestamp() AS this_transaction,
+       current_setting('transaction_isolation') IN ('repeatable read', 'serializable')
+           AND transaction_timestamp() <> statement_timestamp() AS frozen
   FROM df.instances i
   LEFT JOIN LATERAL df.instance_info(i.id) info ON true
  WHERE i.id = %(id)s::text
