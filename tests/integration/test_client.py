@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -762,3 +764,20 @@ def test_async_client(dsn: str, conn: Conn, worker: WorkerThread) -> None:
 
     asyncio.run(scenario())
     assert one(conn, "SELECT count(*) FROM df.instances WHERE label = 'rolled back'") == 0
+
+
+# -------------------------------------------------------------------------------------------
+# docs/python.md
+
+
+def test_the_first_example_of_docs_python_md_runs(
+    dsn: str, conn: Conn, worker: WorkerThread
+) -> None:
+    text = (Path(__file__).parents[2] / "docs" / "python.md").read_text(encoding="utf-8")
+    example = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total numeric, status text)")
+    namespace: dict[str, Any] = {"dsn": dsn}
+    exec(compile(example, "docs/python.md", "exec"), namespace)
+    assert namespace["outcome"].ok
+    assert one(conn, "SELECT status FROM orders WHERE id = 42") == "approved"
+    assert client.info(conn, namespace["instance"]).label == "order 42"
