@@ -108,8 +108,9 @@ def test_start_from_a_file_and_from_stdin(
     }
     assert one(conn, "SELECT label FROM df.instances WHERE id = %s", (instance,)) == "from a file"
 
-    piped = ok("start", "-", "--dsn", dsn, stdin="df.sql('SELECT ''piped''')").strip()
+    piped = ok("start", "-", "--dsn", dsn, stdin="df.sql('SELECT ''{ 1, 2 }'' AS p')").strip()
     assert wait_for(conn, piped) == "completed"
+    assert json.loads(one(conn, "SELECT df.result(%s)", (piped,)))["rows"] == [{"p": "{ 1, 2 }"}]
     assert one(conn, "SELECT label FROM df.instances WHERE id = %s", (piped,)) is None
 
     # PG_DURABLE_DSN instead of --dsn.
