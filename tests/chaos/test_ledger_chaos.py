@@ -45,11 +45,9 @@ from tests.chaos.driver import (
     WorkloadClient,
     read_logs,
 )
-from tests.chaos.test_autocommit_lease import AUTOCOMMIT_LEASE_BUG
 from tests.chaos.test_lost_signal import LOST_SIGNAL_BUG
 from tests.chaos.workload import (
     BY_NAME,
-    LEASED,
     LOST_SIGNAL,
     MIX,
     SETUP,
@@ -185,7 +183,7 @@ def _summary(run: ChaosRun) -> str:
         f"  duplicates = {v.duplicates}, lost = {v.lost}, unexpected = {v.unexpected}, "
         f"autocommit missing = {v.autocommit_missing}, stuck = {len(run.stuck)}, "
         f"fibers left = {v.fibers_left}, signals left = {v.signals_left}",
-        f"  known bugs: lost signals {kinds[LOST_SIGNAL]}, autocommit leases {kinds[LEASED]} "
+        f"  known bug: lost signals {kinds[LOST_SIGNAL]} "
         f"(steps not run after them: {v.lost_after_known})",
         f"  worker log: {run.logs.records} records, warnings by action "
         f"{dict(run.logs.actions)}, bad lines {len(run.logs.bad)}, "
@@ -308,8 +306,8 @@ def test_every_autocommit_step_ran_at_least_once(chaos: ChaosRun) -> None:
 
 def _known(run: ChaosRun, kind: str, bug: str) -> None:
     """xfail (not strict: it takes a fault at the right moment) when instances show the known
-    bug ``kind``; tests/chaos/test_lost_signal.py and test_autocommit_lease.py reproduce them
-    without faults, under a strict xfail."""
+    bug ``kind``; tests/chaos/test_lost_signal.py reproduces it without faults, under a strict
+    xfail."""
     found = {i: d for i, (k, d) in run.verdict.known_stuck.items() if k == kind}
     if found:
         pytest.xfail(
@@ -328,7 +326,6 @@ def test_no_instance_is_left_running(chaos: ChaosRun) -> None:
         f"{len(stuck)} instances still running {chaos.config.drain_seconds:.0f} s after "
         f"the last fault {_where(chaos)}: {stuck[:20]}"
     )
-    _known(chaos, LEASED, AUTOCOMMIT_LEASE_BUG)
 
 
 def test_every_instance_ended_as_its_shape_says(chaos: ChaosRun) -> None:

@@ -34,9 +34,8 @@ SETUP = (
     "INSERT INTO scratch SELECT generate_series(1, 100)",
 )
 TERMINAL = ("completed", "failed", "cancelled")
-#: Kinds of unfinished instances that show a known bug.
+#: The kind of unfinished instance that shows a known bug.
 LOST_SIGNAL = "lost signal"
-LEASED = "autocommit lease"
 
 
 def lit(text: str) -> str:
@@ -250,8 +249,8 @@ class Verdict:
     signals_before_wait: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
     wrong_status: list[str] = field(default_factory=list)
-    #: Unfinished instances whose state shows a known bug (tests/chaos/test_lost_signal.py,
-    #: test_autocommit_lease.py), by id: (LOST_SIGNAL or LEASED, what their fiber shows).
+    #: Unfinished instances whose state shows a known bug (tests/chaos/test_lost_signal.py),
+    #: by id: (LOST_SIGNAL, what their fiber shows).
     known_stuck: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: Steps that never ran because their instance is in ``known_stuck`` (not in ``lost``).
     lost_after_known: int = 0
@@ -297,18 +296,6 @@ def verify(conn: Conn, started: list[Started]) -> Verdict:
         "AND NOT EXISTS (SELECT 1 FROM df._signals s WHERE s.instance_id = f.instance_id)"
     ):
         v.known_stuck[iid] = (LOST_SIGNAL, f"fiber {scope} waits for {name!r}, inbox empty")
-    # An autocommit step's fiber, leased far ahead by a worker that lost it mid-statement.
-    autocommit = [s.instance_id for s in started if s.shape.autocommit]
-    for iid, scope, ahead in conn.execute(
-        "SELECT f.instance_id, f.scope, f.run_at - now() FROM df._fibers f "
-        "JOIN df.instances i ON i.id = f.instance_id "
-        "WHERE i.status IN ('pending', 'running') AND f.status = 'ready' "
-        "AND f.awaiting IS NULL AND f.run_at > now() + interval '60 seconds' "
-        "AND f.instance_id = ANY(%s)",
-        (autocommit,),
-    ):
-        v.known_stuck[iid] = (LEASED, f"fiber {scope} leased for {ahead} more")
-
     for s in started:
         iid, shape = s.instance_id, s.shape
         status = statuses.get(iid)
@@ -374,4 +361,13 @@ def describe(conn: Conn, instance_id: str) -> str:
         "SELECT name, data, scope FROM df._signals WHERE instance_id = %s", (instance_id,)
     ):
         lines.append("  inbox " + json.dumps([str(x) for x in r]))
+    for r in conn.execute(
+        "SELECT seq, name, data, sent_at FROM chaos_sent WHERE instance = %s ORDER BY seq",
+        (instance_id,),
+    ):
+        lines.append("  sent " + " | ".join(str(x) for x in r))
+    for r in conn.execute(
+        "SELECT tag, at FROM ledger WHERE instance = %s ORDER BY at", (instance_id,)
+    ):
+        lines.append("  ledger " + " | ".join(str(x) for x in r))
     return "\n".join(lines)
