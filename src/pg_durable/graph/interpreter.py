@@ -246,7 +246,8 @@ class Interpreter:
         self._finish(self.fiber.node_id, outcome)
 
     def resume(self, children: list[ChildResult], first_done: str | None) -> None:
-        """The children the fiber waits for (JOIN, RACE or a loop) have finished."""
+        """The children the fiber waits for have finished: JOIN or RACE branches, a loop, a
+        RETRY's attempts, or (the first of) a TIMEOUT's subtree and timer."""
         self._resume(self.fiber.node_id, children, first_done)
 
     # -- bookkeeping ------------------------------------------------------------------------

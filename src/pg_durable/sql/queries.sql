@@ -180,9 +180,11 @@ SELECT CASE WHEN w.ms IS NULL OR w.ms > 2147483647
             ELSE 'step' END AS applied
   FROM (SELECT d.ms AS deadline_ms,
                least(d.ms, nullif(%(step_ms)s::bigint, 0)) AS ms
-          FROM (SELECT greatest(1, ceil((%(deadline)s::float8
-                                         - extract(epoch FROM pg_catalog.clock_timestamp()))
-                                        * 1000))::bigint AS ms) d) w,
+          -- (greatest would take 1 over a NULL: no deadline must stay NULL.)
+          FROM (SELECT CASE WHEN %(deadline)s::float8 IS NOT NULL
+                            THEN greatest(1, ceil((%(deadline)s::float8
+                                                   - extract(epoch FROM pg_catalog.clock_timestamp()))
+                                                  * 1000))::bigint END AS ms) d) w,
        pg_catalog.pg_settings s
  WHERE s.name = 'statement_timeout'
 
