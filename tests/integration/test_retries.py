@@ -505,13 +505,23 @@ def test_the_roles_own_statement_timeout_applies_when_smaller(
         "DO $$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET statement_timeout = 300',"
         " current_user, current_database()); END $$"
     )
-    start_worker(step_timeout=5)
+    first = start_worker(step_timeout=5)
     iid, status = run_workflow(conn, "df.timeout('SELECT pg_sleep(5)', 10)")
     assert status == "failed"
     assert output_of(conn, iid) == (
         "SQL execution failed: error returned from database: "
         "canceling statement due to statement timeout"
     )
+    # A larger one of the role's gives way to the worker's.
+    first.stop()
+    conn.execute(
+        "DO $$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET statement_timeout = "
+        "''1min''', current_user, current_database()); END $$"
+    )
+    start_worker(step_timeout=0.5)
+    iid, status = run_workflow(conn, "df.timeout('SELECT pg_sleep(5)', 10)")
+    assert status == "failed"
+    assert "(the worker's step_timeout of 0.5s" in output_of(conn, iid)
 
 
 def test_explain_shows_a_live_retry(conn: Conn, worker: WorkerThread) -> None:

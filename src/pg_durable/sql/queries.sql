@@ -171,22 +171,25 @@ SELECT pg_catalog.set_config('statement_timeout', %(value)s, true)
 -- step_timeout (step_ms; 0: none) and the time left until a df.timeout's deadline (epoch
 -- seconds on this clock; NULL: none), at least 1 ms. (A limit beyond what statement_timeout
 -- holds, 24 days, is left to the timer of its df.timeout.) Returns which of the worker's
--- limits it set: 'deadline', 'step', or NULL for neither.
-SELECT CASE WHEN w.ms IS NULL OR w.ms > 2147483647
-                 OR (s.setting::bigint > 0 AND s.setting::bigint <= w.ms) THEN NULL
+-- limits it set: 'deadline', 'step', or NULL for neither. The current value is read with
+-- current_setting — as '0', '500ms', '5s', '1min', … which interval reads — not from
+-- pg_settings, which builds every setting's row (a quarter of a millisecond).
+SELECT CASE WHEN w.ms IS NULL OR w.ms > 2147483647 OR (w.now_ms > 0 AND w.now_ms <= w.ms)
+                THEN NULL
             WHEN pg_catalog.set_config('statement_timeout', w.ms::text, %(local)s) IS NULL
                 THEN NULL
             WHEN w.ms = w.deadline_ms THEN 'deadline'
             ELSE 'step' END AS applied
   FROM (SELECT d.ms AS deadline_ms,
-               least(d.ms, nullif(%(step_ms)s::bigint, 0)) AS ms
+               least(d.ms, nullif(%(step_ms)s::bigint, 0)) AS ms,
+               CASE WHEN pg_catalog.current_setting('statement_timeout') = '0' THEN 0
+                    ELSE (extract(epoch FROM pg_catalog.current_setting('statement_timeout')::interval)
+                          * 1000)::bigint END AS now_ms
           -- (greatest would take 1 over a NULL: no deadline must stay NULL.)
           FROM (SELECT CASE WHEN %(deadline)s::float8 IS NOT NULL
                             THEN greatest(1, ceil((%(deadline)s::float8
                                                    - extract(epoch FROM pg_catalog.clock_timestamp()))
-                                                  * 1000))::bigint END AS ms) d) w,
-       pg_catalog.pg_settings s
- WHERE s.name = 'statement_timeout'
+                                                  * 1000))::bigint END AS ms) d) w
 
 -- name: role_settings
 -- On the autocommit side connection: for the session, until RESET ALL.
@@ -436,3 +439,21 @@ SELECT %(at)s::timestamptz AS at
 SELECT df.start(
 {expression}
 , label => %(label)s::text, database => %(database)s::text) AS instance_id
+
+-- == /metrics (engine/worker_metrics.py) ==================================================
+
+-- name: metrics_queue
+-- The queue gauges, each bounded by %(limit)s rows of the _fibers_ready index so a scrape
+-- never walks a long queue: fibers runnable now; and among the first fibers due later (by
+-- due time), those waiting for a signal and those waiting for a time (the rest).
+SELECT (SELECT count(*)
+          FROM (SELECT 1 FROM df._fibers
+                 WHERE status = 'ready' AND run_at <= now()
+                 ORDER BY run_at
+                 LIMIT %(limit)s) r) AS runnable,
+       count(*) FILTER (WHERE w.awaiting IS NULL) AS timers,
+       count(*) FILTER (WHERE w.awaiting IS NOT NULL) AS signals
+  FROM (SELECT awaiting FROM df._fibers
+         WHERE status = 'ready' AND run_at > now()
+         ORDER BY run_at
+         LIMIT %(limit)s) w
