@@ -1,14 +1,22 @@
-"""A lost signal the chaos suite found, reproduced without any fault.
+"""Lost signals the chaos suite found, reproduced without any fault.
 
-A worker that claims several waiting fibers in one batch takes each one's signal from the inbox
-(``take_signal``: a DELETE in the batch's transaction) and goes on to the SQL step after the
-wait. When that statement is one the worker has seen run slowly (``SqlSteps.is_slow``: longer
-than ``batch_window``), ``Executor._step`` raises ``RunAlone``; ``_advance`` moves the fiber to
-``alone`` and drops what the interpreter did — but not the DELETE, which commits with the rest
-of the batch. Run again alone, the fiber finds its inbox empty and waits for ever.
+A SIGNAL step takes its signal from the inbox (``take_signal``: a DELETE in the transaction of
+the fiber) and the fiber goes on to the step after the wait in the same transaction. When that
+transaction then commits something other than the fiber's plan, the DELETE commits without the
+wait's completion, and the fiber, run again, finds an empty inbox and waits for ever:
 
-Under chaos the same happens without a shared statement: a fault rolls back a batch after the
-step ran slowly once, and the fiber, claimed again in a batch, meets its own step "known slow".
+* the step after the wait is an autocommit statement (VACUUM, CREATE INDEX CONCURRENTLY):
+  ``Executor.run_single`` commits the fiber's lease (``lease_fiber``) in that transaction,
+  and the fiber, claimed again, stands at the SIGNAL node still;
+* a batch: the worker claimed several waiting fibers together and moves one to a
+  transaction of its own (``RunAlone``: its next statement is one it has seen run slowly,
+  ``SqlSteps.is_slow``; or a conflict, a missing step function, a result of another shape;
+  or ``NeedsAutocommit``); ``_advance`` drops what the interpreter did for it, the batch
+  commits the rest — the DELETE included.
+
+Under chaos the second needs no shared statement: a fault rolls a batch back after the step
+after the wait ran slowly once, and the fiber, claimed again in a batch, meets its own step
+"known slow".
 """
 
 from __future__ import annotations
@@ -25,11 +33,32 @@ from tests.fixtures.engine import WorkerThread, wait_for
 Conn = psycopg.Connection[Any]
 
 LOST_SIGNAL_BUG = (
-    "lost signal: a fiber claimed in a batch consumes its signal (take_signal) and is then "
-    "sent to run alone (RunAlone: its next statement is known slow), and the batch commits "
-    "the consumed signal without the wait's completion"
+    "lost signal: a wait consumes its signal (take_signal), then the fiber's transaction "
+    "commits without the wait's completion — the lease of an autocommit step after the wait "
+    "(run_single), or a batch that sends the fiber to run alone (RunAlone, NeedsAutocommit)"
 )
 WAITERS = 20
+
+
+@pytest.mark.xfail(strict=True, reason=LOST_SIGNAL_BUG)
+def test_a_wait_followed_by_an_autocommit_step_keeps_its_signal(
+    conn: Conn, start_worker: Callable[..., WorkerThread]
+) -> None:
+    start_worker()
+    conn.execute("CREATE TABLE scratch (n int)")
+    row = conn.execute(
+        "SELECT df.start(df.seq(df.wait_for_signal('go'), 'VACUUM scratch'))"
+    ).fetchone()
+    assert row is not None
+    iid = str(row[0])
+    conn.execute("SELECT df.signal(%s, 'go', '1')", (iid,))
+    deadline = time.monotonic() + 8
+    status = None
+    while time.monotonic() < deadline and status != ("completed",):
+        status = conn.execute("SELECT status FROM df.instances WHERE id = %s", (iid,)).fetchone()
+        time.sleep(0.1)
+    inbox = conn.execute("SELECT count(*) FROM df._signals").fetchone()
+    assert (status, inbox) == (("completed",), (0,))
 
 
 @pytest.mark.xfail(strict=True, reason=LOST_SIGNAL_BUG)
