@@ -45,10 +45,10 @@ from tests.chaos.driver import (
     WorkloadClient,
     read_logs,
 )
-from tests.chaos.test_lost_signal import LOST_SIGNAL_BUG
 from tests.chaos.workload import (
     BY_NAME,
     LOST_SIGNAL,
+    LOST_SIGNAL_BUG,
     MIX,
     SETUP,
     TERMINAL,
@@ -146,8 +146,8 @@ def _plan(config: Config, rng: random.Random, t0: float) -> list[tuple[float, st
     ]
 
 
-def _wait_for_the_end(client: Client, count: int, seconds: float) -> list[str]:
-    """Wait until ``count`` instances are terminal; returns the ids of those that are not."""
+def _wait_for_the_end(client: Client, seconds: float) -> list[str]:
+    """Wait until every instance is terminal; returns the ids of those that are not."""
     deadline = time.monotonic() + seconds
 
     def unfinished(conn: psycopg.Connection[Any]) -> list[str]:
@@ -240,7 +240,7 @@ def chaos() -> Iterator[ChaosRun]:
                 raise driver.error
             fleet.refill()  # a full fleet for the drain
             drain_began = time.monotonic()
-            stuck = _wait_for_the_end(client, len(load.started), config.drain_seconds)
+            stuck = _wait_for_the_end(client, config.drain_seconds)
             drain = time.monotonic() - drain_began
             details = [client.run(functools.partial(describe, instance_id=i)) for i in stuck[:5]]
             verdict = client.run(lambda c: verify(c, load.started))

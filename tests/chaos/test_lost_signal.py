@@ -28,15 +28,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.chaos.workload import LOST_SIGNAL_BUG
 from tests.fixtures.engine import WorkerThread, wait_for
 
 Conn = psycopg.Connection[Any]
 
-LOST_SIGNAL_BUG = (
-    "lost signal: a wait consumes its signal (take_signal), then the fiber's transaction "
-    "commits without the wait's completion — the lease of an autocommit step after the wait "
-    "(run_single), or a batch that sends the fiber to run alone (RunAlone, NeedsAutocommit)"
-)
 WAITERS = 20
 
 

@@ -34,8 +34,13 @@ SETUP = (
     "INSERT INTO scratch SELECT generate_series(1, 100)",
 )
 TERMINAL = ("completed", "failed", "cancelled")
-#: The kind of unfinished instance that shows a known bug.
+#: The kind of unfinished instance that shows a known bug (tests/chaos/test_lost_signal.py).
 LOST_SIGNAL = "lost signal"
+LOST_SIGNAL_BUG = (
+    "lost signal: a wait consumes its signal (take_signal), then the fiber's transaction "
+    "commits without the wait's completion — the lease of an autocommit step after the wait "
+    "(run_single), or a batch that sends the fiber to run alone (RunAlone, NeedsAutocommit)"
+)
 
 
 def lit(text: str) -> str:
