@@ -75,6 +75,12 @@ class Settings:
     shutdown_grace: float = 30.0
     #: Longest pause between reconnection attempts after the server went away.
     reconnect_max_backoff: float = 10.0
+    #: TCP port of the worker's Prometheus endpoint, GET /metrics (docs/operations.md#metrics);
+    #: 0: no endpoint.
+    metrics_port: int = 0
+    #: Address the metrics endpoint listens on: 127.0.0.1 serves this machine only, 0.0.0.0
+    #: every interface (the metrics name hosts and workflows' node types, nothing secret).
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: LogFormat = "text"
 
@@ -128,6 +134,12 @@ class Settings:
                 f"step_timeout must be between 0 (off) and {MAX_STEP_TIMEOUT} seconds "
                 f"(got {self.step_timeout})"
             )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(
+                f"metrics_port must be a TCP port, or 0 for none (got {self.metrics_port})"
+            )
+        if self.metrics_port and not self.metrics_host:
+            raise ConfigurationError("metrics_host cannot be empty when metrics_port is set")
         if self.shutdown_grace < 0:
             raise ConfigurationError("shutdown_grace cannot be negative")
         if self.log_format not in ("text", "json"):

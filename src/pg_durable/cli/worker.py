@@ -47,6 +47,8 @@ _HELP = {
     "heartbeat_interval": "seconds between heartbeats written to df._workers",
     "shutdown_grace": "seconds a graceful stop waits for in-flight steps before cancelling",
     "reconnect_max_backoff": "longest pause in seconds between reconnection attempts",
+    "metrics_port": "serve Prometheus metrics at http://HOST:PORT/metrics; 0: off",
+    "metrics_host": "address the metrics endpoint listens on (0.0.0.0: every interface)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text for people, or json: one object per line",
 }
@@ -80,6 +82,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, with_dsn: bool = 
             kwargs["metavar"] = "LEVEL"
         elif f.name == "dsn":
             kwargs["metavar"] = "URL"
+        elif f.name == "metrics_host":
+            kwargs["metavar"] = "ADDRESS"
         else:
             kwargs["metavar"] = f.name.upper()
         group.add_argument("--" + f.name.replace("_", "-"), **kwargs)

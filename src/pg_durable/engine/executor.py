@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -51,6 +52,7 @@ from pg_durable.engine.sqlstep import (
     SqlSteps,
     Statement,
 )
+from pg_durable.engine.worker_metrics import StampJournal, WorkerMetrics
 from pg_durable.errors import GraphError, StepError, SubstitutionError
 from pg_durable.graph.interpreter import (
     ChildResult,
@@ -166,6 +168,8 @@ class _Run:
     #: Run by run_single, which may commit in the middle of the step to work outside any
     #: transaction (an HTTP request); in a batch such a step is run alone instead.
     alone: bool = False
+    #: Seconds its statement took, for the metrics (None: it ran none, or not here).
+    seconds: float | None = None
 
 
 class Executor:
@@ -182,6 +186,7 @@ class Executor:
         loop_min_interval: float = 1.0,
         step_timeout: float = 0.0,
         lease_seconds: float = 30.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.batch_window = batch_window
         self.loop_max_iterations = loop_max_iterations
@@ -196,6 +201,8 @@ class Executor:
         #: the number of graph nodes they hold.
         self._instances: OrderedDict[str, LoadedInstance | InstanceUnrunnable] = OrderedDict()
         self._cached_nodes = 0
+        #: Counts what committed plans did (None: the worker serves no metrics).
+        self.metrics = metrics
 
     # -- transactions ---------------------------------------------------------------------------
     async def run_batch(self, conns: Connections, rows: list[Row], *, go_on: bool) -> Batch:
@@ -253,6 +260,7 @@ class Executor:
             renewing = asyncio.create_task(
                 self._renew_lease(conn, {**lease, "version": leased["version"]})
             )
+            began = time.monotonic()
             try:
                 if statement.database is None:
                     known[needs.node_id] = await self.sql.run_autocommit(
@@ -268,6 +276,8 @@ class Executor:
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
+            if self.metrics is not None:
+                self.metrics.step_took("SQL", time.monotonic() - began)
         except _NeedsNetwork as network:
             # Lease the fiber for as long as the request may take (and commit): no transaction
             # waits on the network. If this worker dies meanwhile, the lease runs out and
@@ -287,7 +297,10 @@ class Executor:
             await conn.execute("COMMIT")
             if leased is None:
                 return
+            began = time.monotonic()
             known[network.node_id] = await self.http.send(network.admitted, str(leased["key"]))
+            if self.metrics is not None:
+                self.metrics.step_took(request.kind, time.monotonic() - began)
         # Claim the fiber again, as leased; if the lease ran out and another worker took it,
         # that worker runs the statement (or sends the request) again: at least once.
         await conn.execute("BEGIN")
@@ -330,6 +343,7 @@ class Executor:
         conn = conns.conn
         plans = [_plan_json(r) for r in runs]
         claimed: list[Row] = []
+        discarded: set[str] = set()
         if plans or go_on:
             async with conn.pipeline():
                 stale = None
@@ -344,6 +358,7 @@ class Executor:
                 if not claimed:
                     await conn.execute("ROLLBACK")
             for row in await stale.fetchall() if stale is not None else ():
+                discarded.add(str(row["scope"]))
                 logger.debug(
                     "discarded the plan of stale fiber %s",
                     row["scope"],
@@ -351,6 +366,10 @@ class Executor:
                 )
         else:
             await conn.execute("COMMIT")
+        if self.metrics is not None:
+            for run in runs:
+                if run.fiber.scope not in discarded:
+                    self.metrics.committed(run.loaded.graph, run.plan, run.seconds)
         receipts = [run.receipt for run in runs if run.receipt is not None]
         if receipts:
             await self.remote.drop_receipts(conns, receipts)
@@ -420,6 +439,7 @@ class Executor:
                 alone.append(run.row)
                 continue
             runs.append(run)
+            run.seconds = result.seconds
             run.interp.complete_step(outcome)
             await self._carry_on(conns, run, batched=True)
         return released
@@ -449,6 +469,7 @@ class Executor:
                 continue
             except NeedsAutocommit:
                 raise _NeedsAutocommit(str(run.statement_node), statement) from None
+            run.seconds = result.seconds
             run.interp.complete_step(outcome)
             break
         else:
@@ -465,10 +486,12 @@ class Executor:
         # This transaction waits, idle, while the statement runs there: however long that is,
         # it must not end the session (the worker's idle_in_transaction_session_timeout).
         await conns.conn.execute(query("no_idle_timeout"))
+        began = time.monotonic()
         try:
             outcome = await self.remote.run(conns, statement, key)
         except NeedsAutocommit:
             raise _NeedsAutocommit(node_id, statement) from None
+        run.seconds = time.monotonic() - began
         run.receipt = (statement.database, key)
         run.interp.complete_step(outcome)
         await self._carry_on(conns, run, batched=False)
@@ -494,9 +517,11 @@ class Executor:
             await conn.execute(
                 query("fail_instance"), {"instance_id": instance_id, "message": str(exc)}
             )
+            if self.metrics is not None:  # (counted again if its batch runs again: rare)
+                self.metrics.instance_failed()
             return None
         fiber = _fiber_from_row(row)
-        plan = Plan()
+        plan = Plan() if self.metrics is None else Plan(StampJournal())
         ctx = Context(
             loaded.graph,
             loaded.variables,

@@ -28,13 +28,14 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from pg_durable import __version__
-from pg_durable.engine import remote
+from pg_durable.engine import metrics_server, remote
 from pg_durable.engine.executor import Batch, Executor
 from pg_durable.engine.faults import transient
 from pg_durable.engine.http import HttpClient, HttpSteps
 from pg_durable.engine.identity import StepRunner
 from pg_durable.engine.remote import RemoteDatabases
 from pg_durable.engine.sqlstep import AConn, Connections
+from pg_durable.engine.worker_metrics import WorkerMetrics
 from pg_durable.errors import SchemaError
 from pg_durable.queries import query
 from pg_durable.schema import SCHEMA_VERSION
@@ -80,6 +81,20 @@ class Worker:
         self.settings = settings
         self.id = uuid.uuid4()
 
+        #: What /metrics serves (None: the worker serves no metrics, and counts nothing).
+        self.metrics = (
+            WorkerMetrics(
+                worker_id=str(self.id),
+                hostname=socket.gethostname(),
+                version=__version__,
+                slots=self._slot_counts,
+                connect=lambda: self._connect("metrics"),
+            )
+            if settings.metrics_port
+            else None
+        )
+        self._metrics_server: asyncio.Server | None = None
+
         def runner() -> StepRunner:
             return StepRunner(
                 max_result_bytes=settings.max_result_bytes,
@@ -99,6 +114,7 @@ class Worker:
             loop_min_interval=settings.loop_min_interval,
             step_timeout=settings.step_timeout,
             lease_seconds=settings.lease_seconds,
+            metrics=self.metrics,
         )
         self._slots = [Slot(i) for i in range(settings.concurrency)]
         self._stopping = asyncio.Event()
@@ -176,6 +192,10 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
         """Run until stopped. Raises if the database cannot be reached at start-up."""
+        if self.metrics is not None:  # first: a port in use stops the worker before it connects
+            self._metrics_server = await metrics_server.start(
+                self.settings.metrics_host, self.settings.metrics_port, self.metrics.render
+            )
         await self._check_schema()
         conn = await self._control_conn()
         await conn.execute(
@@ -232,6 +252,10 @@ class Worker:
         for task in self._side_tasks:
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        if self._metrics_server is not None:
+            await metrics_server.stop(self._metrics_server)
+        if self.metrics is not None:
+            await self.metrics.close()
         with contextlib.suppress(psycopg.Error):
             conn = await self._control_conn()
             await asyncio.shield(conn.execute(query("stop_worker"), {"id": self.id}))
@@ -300,6 +324,8 @@ class Worker:
             async with self._control_lock:
                 conn = await self._control_conn()
                 await conn.execute(query("heartbeat"), {"id": self.id})
+            if self.metrics is not None:
+                self.metrics.heartbeat_written()
             await self._sleep_or_stop(self.settings.heartbeat_interval)
 
     async def _sweep(self) -> None:
@@ -371,6 +397,11 @@ class Worker:
                 slot.wake.set()
                 if count is not None:
                     count -= 1
+
+    def _slot_counts(self) -> tuple[int, int]:
+        """Slots on a batch now, and the others (for the metrics)."""
+        busy = sum(s.batch_started is not None for s in self._slots)
+        return busy, len(self._slots) - busy
 
     def _awake(self) -> int:
         """Slots at work or woken to look for work: the ones the backlog is shared among."""
@@ -505,6 +536,7 @@ class Worker:
         """Begin a transaction and claim this slot's share of the runnable fibers: the
         backlog divided among the ``awake`` slots; from a long queue, those of its ``lane``
         (one per awake slot). No fibers: no transaction."""
+        began = time.monotonic()
         async with conn.pipeline():  # one round trip
             await conn.execute("BEGIN")
             cur = await conn.execute(
@@ -517,6 +549,8 @@ class Worker:
                 },
             )
         rows = await cur.fetchall()
+        if self.metrics is not None:
+            self.metrics.claimed(time.monotonic() - began)
         if not rows:
             await conn.execute("ROLLBACK")
         return rows
@@ -566,6 +600,8 @@ class Worker:
                         ),
                     },
                 )
+                if self.metrics is not None:
+                    self.metrics.instance_failed()
 
 
 class _Backoff:
