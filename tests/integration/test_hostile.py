@@ -1230,3 +1230,39 @@ def test_a_role_whose_name_needs_quoting_runs_workflows(
     assert one(conn, "SELECT submitted_by::text FROM df.instances WHERE id = %s", (iid,)) == (
         one(conn, "SELECT quote_ident(%s)", (u.name,))
     )
+
+
+# ===========================================================================================
+# 7. Steps that reach into the worker's session
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DEALLOCATE ALL",
+        "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+        "DISCARD PLANS",
+        "SELECT pg_advisory_lock(1)",
+        "SET statement_timeout = 1",
+    ],
+)
+def test_a_step_cannot_disturb_the_workers_session(
+    roles: Roles, worker: WorkerThread, statement: str
+) -> None:
+    """What a step does to the session it runs in (dropping prepared statements, taking a
+    lock, changing settings) neither fails the worker's own statements nor reaches the steps
+    that run after it on the same connection."""
+    u = user(roles, "session")
+    before = [start(u.conn, "'SELECT 1' ~> 'SELECT 2'") for _ in range(8)]
+    iid, status = run(u.conn, f"$x${statement}$x$ ~> 'SELECT pg_sleep(0.01)'")
+    assert status == "completed", output_of_role(u, iid)
+    # (DISCARD ALL refuses to run in a transaction block, so it can be no step at all.)
+    iid, status = run(u.conn, "'DISCARD ALL'")
+    assert (status, output_of_role(u, iid)) == (
+        "failed",
+        "SQL execution failed: error returned from database: "
+        "DISCARD ALL cannot run inside a transaction block",
+    )
+    after = [start(u.conn, "'SELECT 1' ~> 'SELECT pg_sleep(0.01)'") for _ in range(16)]
+    for other in before + after:
+        assert wait_for(u.conn, other) == "completed", output_of_role(u, other)

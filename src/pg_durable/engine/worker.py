@@ -151,6 +151,9 @@ class Worker:
             row_factory=dict_row,
             application_name=f"pg_durable:worker:{purpose}",
             options=" ".join((_STEP_OPTIONS if step else "-c TimeZone=UTC", _KEEPALIVES, idle)),
+            # No prepared statements where steps run: a step may DEALLOCATE ALL (or DISCARD
+            # ALL), also from inside a function, and the worker's next statement would fail.
+            prepare_threshold=None if step else 5,
             keepalives=1,
             keepalives_idle=10,
             keepalives_interval=5,
