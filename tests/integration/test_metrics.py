@@ -17,6 +17,8 @@ import pytest
 from pg_durable.embedded import free_port
 from pg_durable.errors import ConfigurationError
 from tests.fixtures.engine import WorkerThread, run_workflow, wait_for
+from tests.fixtures.http_server import HttpServer
+from tests.integration.test_http_worker import http, set_policy
 
 Conn = psycopg.Connection[Any]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -101,6 +103,16 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def settles(read: Callable[[], object], expected: object, timeout: float = 10.0) -> None:
+    """``read()`` comes to equal ``expected`` (the worker counts just after its commit, which
+    the test may see first) and stays there."""
+    deadline = time.monotonic() + timeout
+    while read() != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert read() == expected
+
+
 def start(conn: Conn, dsl: str) -> str:
     row = conn.execute(f"SELECT df.start({dsl})").fetchone()
     assert row is not None
@@ -156,10 +168,8 @@ def test_steps_and_instances_are_counted_once_by_node_type(
             for name, node_type in expected
         }
 
-    eventually(lambda: moved(scrape(port)) == expected)
-    time.sleep(0.5)  # nothing more comes
+    settles(lambda: moved(scrape(port)), expected)
     after = scrape(port)
-    assert moved(after) == expected
     for node_type in ("SLEEP", "SIGNAL"):
         assert value(after, "pg_durable_steps_failed_total", node_type=node_type) == 0
     # Control flow (the sequences) is not a step.
@@ -198,7 +208,7 @@ def test_batched_steps_count_as_the_database_records_them(
             for status in ("started", "completed", "failed")
         }
 
-    eventually(lambda: counted() == {"started": 50, "completed": 48, "failed": 2})
+    settles(counted, {"started": 50, "completed": 48, "failed": 2})
     samples = scrape(port)
     assert value(samples, "pg_durable_step_duration_seconds_count", node_type="SQL") == 50
     assert value(samples, "pg_durable_instances_finished_total", status="completed") == 23
@@ -333,5 +343,48 @@ def test_a_port_in_use_stops_the_worker_at_start(dsn: str) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        thread = WorkerThread(dsn, metrics_port=port)
         with pytest.raises(ConfigurationError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
-            WorkerThread(dsn, metrics_port=port).start()
+            thread.start()  # (raises, unless the thread reports ready just before it fails)
+            thread.stop()
+
+
+def test_retries_http_and_autocommit_steps(
+    conn: Conn,
+    db_name: str,
+    http_server: HttpServer,
+    metrics_worker: Callable[..., tuple[WorkerThread, int]],
+) -> None:
+    """Each attempt of a retried step counts; an HTTP request and a statement run outside any
+    transaction (VACUUM) are timed once, as they ran, and count once."""
+    set_policy(conn, db_name, "allow-all")
+    http_server.reply("/ok", body=b"fine")
+    conn.execute("CREATE TABLE side (n int)")
+    conn.execute("INSERT INTO side VALUES (1)")
+    _, port = metrics_worker()
+    before = scrape(port)
+    assert run_workflow(conn, "df.retry('SELECT n/0 FROM side', 3, 0)")[1] == "failed"
+    assert run_workflow(conn, http(http_server.url("/ok")) + " ~> 'SELECT 1'")[1] == "completed"
+    assert run_workflow(conn, "'VACUUM side'")[1] == "completed"
+    expected = {
+        ("pg_durable_steps_started_total", "SQL"): 5,
+        ("pg_durable_steps_failed_total", "SQL"): 3,
+        ("pg_durable_steps_completed_total", "SQL"): 2,
+        ("pg_durable_step_duration_seconds_count", "SQL"): 5,
+        ("pg_durable_steps_started_total", "HTTP"): 1,
+        ("pg_durable_steps_completed_total", "HTTP"): 1,
+        ("pg_durable_step_duration_seconds_count", "HTTP"): 1,
+    }
+
+    def moved() -> dict[tuple[str, str], float]:
+        samples = scrape(port)
+        return {
+            (name, node_type): value(samples, name, node_type=node_type)
+            - value(before, name, node_type=node_type)
+            for name, node_type in expected
+        }
+
+    settles(moved, expected)
+    assert len(http_server.received) == 1
+    samples = scrape(port)
+    assert not any(dict(labels).get("node_type") == "RETRY" for _, labels in samples)
