@@ -46,8 +46,13 @@ def parse(text: str) -> tuple[Samples, dict[str, str]]:
         match = _SAMPLE.match(line)
         assert match, f"not a sample line: {line!r}"
         name, labels, value = match.groups()
-        family = re.sub(r"_(total|bucket|sum|count)$", "", name)
-        assert name in types or family in types, f"{name} has no TYPE line"
+        # The TYPE line names the sample, but for a histogram's _bucket, _sum and _count.
+        if name in types:
+            assert types[name] in ("counter", "gauge"), line
+            assert (types[name] == "counter") == name.endswith("_total"), line
+        else:
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert types.get(family) == "histogram", f"{name} has no TYPE line"
         pairs: list[tuple[str, str]] = []
         if labels:
             inner = labels[1:-1]

@@ -44,11 +44,14 @@ class _Family:
 
 
 class Counter(_Family):
-    """A value that only goes up, per label values."""
+    """A value that only goes up, per label values. Its name ends in ``_total``: in this
+    format (unlike OpenMetrics) the HELP and TYPE lines name the samples exactly."""
 
     kind = "counter"
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"a counter's name ends in _total (got {name})")
         super().__init__(name, help_text, labels)
         self.values: dict[Labels, float] = {}
 
@@ -60,7 +63,7 @@ class Counter(_Family):
         return self.values.get(values, 0.0)
 
     def samples(self) -> list[str]:
-        return [self._series("_total", k, v) for k, v in sorted(self.values.items())]
+        return [self._series("", k, v) for k, v in sorted(self.values.items())]
 
 
 class Gauge(_Family):

@@ -82,18 +82,18 @@ class WorkerMetrics:
         by_type = ("node_type",)
         self.started = r.add(
             Counter(
-                "pg_durable_steps_started",
+                "pg_durable_steps_started_total",
                 "Steps started (committed as running), by node type; each attempt of a retry "
                 "counts.",
                 by_type,
             )
         )
         self.completed = r.add(
-            Counter("pg_durable_steps_completed", "Steps completed, by node type.", by_type)
+            Counter("pg_durable_steps_completed_total", "Steps completed, by node type.", by_type)
         )
         self.failed = r.add(
             Counter(
-                "pg_durable_steps_failed",
+                "pg_durable_steps_failed_total",
                 "Steps failed (their error recorded, timeouts included), by node type.",
                 by_type,
             )
@@ -108,7 +108,7 @@ class WorkerMetrics:
         )
         self.instances = r.add(
             Counter(
-                "pg_durable_instances_finished",
+                "pg_durable_instances_finished_total",
                 "Workflow instances this worker finished, by status (completed, failed).",
                 ("status",),
             )
