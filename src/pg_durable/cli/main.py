@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import psycopg
 
 from pg_durable import __version__, schema
-from pg_durable.cli import cancel, install, ls, show, start, up, wait, worker
+from pg_durable.cli import cancel, install, ls, show, start, ui, up, wait, worker
 from pg_durable.cli import logging as cli_logging
 from pg_durable.cli import signal as signal_command
 from pg_durable.errors import PgDurableError
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     wait.register(commands)
     signal_command.register(commands)
     cancel.register(commands)
+    ui.register(commands)
     version = commands.add_parser("version", help="print the version and exit")
     version.set_defaults(func=version_command)
     for sub in commands.choices.values():

@@ -457,3 +457,27 @@ SELECT (SELECT count(*)
          WHERE status = 'ready' AND run_at > now()
          ORDER BY run_at
          LIMIT %(limit)s) w
+
+-- -------------------------------------------------------------------------------------------
+-- The dashboard (pg_durable/ui/, pg-durable ui): reads as the viewer's own role, beside the
+-- client's statements above.
+
+-- name: ui_viewer
+-- Who the dashboard reads as; sees_all: row-level security does not apply to this role (a
+-- superuser, or BYPASSRLS), so it sees every role's instances.
+SELECT current_user AS role, r.rolsuper OR r.rolbypassrls AS sees_all,
+       to_regnamespace('df') IS NOT NULL AS installed
+  FROM pg_catalog.pg_roles r
+ WHERE r.rolname = current_user
+
+-- name: ui_workers
+-- The fleet (df.workers): alive workers first, then running ones by their last heartbeat, then
+-- stopped ones; the counts are over the whole view.
+SELECT w.worker_id::text AS worker_id, w.hostname, w.pid, w.version, w.concurrency,
+       w.started_at, w.last_seen_at, w.stopped_at, w.alive,
+       extract(epoch FROM now() - w.last_seen_at)::float8 AS seen_ago,
+       count(*) FILTER (WHERE w.alive) OVER () AS alive_total,
+       count(*) OVER () AS total
+  FROM df.workers w
+ ORDER BY w.alive DESC, w.stopped_at IS NOT NULL, w.last_seen_at DESC
+ LIMIT %(limit)s
