@@ -128,3 +128,35 @@ def test_links_point_to_pages_that_exist() -> None:
         re.findall(r"\]\(([\w-]+\.md)(?:#[\w-]+)?\)", REFERENCE.read_text(encoding="utf-8"))
     )
     assert pages and all((DOCS / page).exists() for page in pages), pages
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text."""
+    found: set[str] = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (heading := re.match(r"#{1,6} (.+)", line)):
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in found:
+                n += 1
+                anchor = f"{slug}-{n}"
+            found.add(anchor)
+    return found
+
+
+@pytest.mark.parametrize("page", ["docs/guide.md", "docs/reference.md", "examples/README.md"])
+def test_relative_links_resolve(page: str) -> None:
+    source = DOCS.parent / page
+    text = source.read_text(encoding="utf-8")
+    text_outside_code = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text_outside_code):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (source.parent / path).resolve() if path else source
+        assert resolved.exists(), f"{page}: {target}"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in _anchors(resolved.read_text(encoding="utf-8")), f"{page}: {target}"
