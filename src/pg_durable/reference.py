@@ -1,8 +1,8 @@
 """The SQL reference, docs/reference.md, generated from the catalog of an installed df schema.
 
-    python -m pg_durable.reference --dsn URL                         # print it
-    python -m pg_durable.reference --dsn URL --output docs/reference.md
-    python -m pg_durable.reference --dsn URL --output docs/reference.md --check
+    python -m pg_durable.reference --output docs/reference.md          # regenerate it
+    python -m pg_durable.reference --output docs/reference.md --check  # is it up to date?
+    python -m pg_durable.reference --dsn URL                           # print another's
 
 It reads every public function (pg_proc), DSL operator (pg_operator) and table or view
 (pg_class) of schema ``df`` — public meaning not named with a leading ``_`` — with its exact
@@ -11,7 +11,9 @@ installed by ``sql/schema/90_comments.sql``). Who may execute a function is not 
 ACLs but observed: in a transaction that is rolled back, three probe roles are given usage with
 ``df.grant_usage`` (plain, ``include_http``, ``with_grant``) and asked what they may do. So the
 role running it must be able to create roles and grant df usage: the schema owner with
-CREATEROLE, or a superuser.
+CREATEROLE, or a superuser. Without ``--dsn`` it installs the schema in a private embedded
+PostgreSQL started for the purpose (the one the tests use), so what it describes is a fresh
+install of this checkout.
 
 ``--check`` compares with the file instead of writing it (exit status 1 and a diff when they
 differ); tests/integration/test_reference.py does the same, so the file never goes stale.
@@ -21,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import re
 import secrets
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -35,7 +37,9 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
-from pg_durable.errors import SchemaError
+from pg_durable import schema
+from pg_durable.embedded import EmbeddedPostgres
+from pg_durable.errors import EmbeddedServerError, SchemaError
 
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 #: Signatures longer than this are written one argument per line.
@@ -467,6 +471,20 @@ def generate(dsn: str) -> str:
         return render(read_catalog(conn))
 
 
+def generate_fresh() -> str:
+    """The reference for a fresh install, in a private PostgreSQL started for the purpose."""
+    with tempfile.TemporaryDirectory(prefix="pg-durable-reference-") as tmp:
+        folder = Path(tmp)
+        folder.chmod(0o755)  # (when run as root, the server runs as another user)
+        server = EmbeddedPostgres(folder / "data", extra_settings={"fsync": "off"})
+        server.start()
+        try:
+            schema.install(server.dsn())
+            return generate(server.dsn())
+        finally:
+            server.stop("immediate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pg_durable.reference``: print, write or check the SQL reference."""
     parser = argparse.ArgumentParser(
@@ -475,21 +493,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dsn",
-        default=os.environ.get("PG_DURABLE_DSN"),
-        help="the database (default: $PG_DURABLE_DSN); a role that may create roles",
+        help="describe this database's df schema, as a role that may create roles "
+        "(default: a fresh install in a private PostgreSQL started for the purpose)",
     )
     parser.add_argument("--output", type=Path, help="write here instead of printing")
     parser.add_argument(
         "--check", action="store_true", help="compare with --output instead of writing it"
     )
     args = parser.parse_args(argv)
-    if not args.dsn:
-        parser.error("--dsn is required (or set PG_DURABLE_DSN)")
     if args.check and args.output is None:
         parser.error("--check needs --output")
     try:
-        text = generate(args.dsn)
-    except (psycopg.Error, SchemaError) as exc:
+        text = generate(args.dsn) if args.dsn else generate_fresh()
+    except (psycopg.Error, SchemaError, EmbeddedServerError) as exc:
         print(f"pg_durable.reference: {exc}", file=sys.stderr)
         return 2
     if args.output is None:
