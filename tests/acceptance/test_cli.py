@@ -81,7 +81,7 @@ def empty_db(pg_server: Server) -> Iterator[str]:
 def test_help_lists_every_command() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("up", "install", "install-extension", "worker", "version"):
+    for command in ("up", "install", "install-extension", "worker", "ui", "version"):
         assert command in proc.stdout
 
 

@@ -13,7 +13,11 @@ from __future__ import annotations
 import html
 import http.client
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +30,9 @@ import pytest
 
 from pg_durable.ui import Dashboard, Database, Options, make_server, viewer
 from pg_durable.ui.server import DashboardServer
+from tests.acceptance.test_cli import cli, cli_env, run_cli
 from tests.fixtures.engine import WorkerThread, wait_for
+from tests.fixtures.postgres import Server
 from tests.fixtures.roles import Roles
 from tests.fixtures.sql import one
 
@@ -515,3 +521,65 @@ def test_host_header_headers_and_static_files(roles: Roles, serve: Callable[...,
     for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/x.css", "/api"):
         assert ui.get(path).status == 404, path
     assert ui.request("DELETE", "/instances").status == 501
+
+
+# -------------------------------------------------------------------------------------------
+# the command (pg-durable ui in a subprocess; no browser: tests/acceptance/test_ui.py)
+
+
+def test_the_command_starts_says_where_and_stops_on_ctrl_c(dsn: str) -> None:
+    proc = subprocess.Popen(
+        [*cli(), "ui", "--dsn", dsn, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.fullmatch(
+            r"pg-durable ui: serving (http://127\.0\.0\.1:(\d+)/) as role (\S+) \(read-only\); "
+            r"Ctrl-C stops\n",
+            line,
+        )
+        assert found is not None, line
+        connection = http.client.HTTPConnection("127.0.0.1", int(found.group(2)), timeout=10)
+        connection.request("GET", "/api/instances")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "is a superuser or bypasses row-level security" in err
+    assert err.rstrip().endswith("pg-durable ui: stopped")
+
+
+def test_the_command_explains_what_stops_it(dsn: str, pg_server: Server) -> None:
+    help_text = " ".join(run_cli("ui", "--help").stdout.split())
+    for option in ("--dsn", "--host", "--port", "--allow-actions", "--refresh"):
+        assert option in help_text
+    assert "default 127.0.0.1: this machine only" in help_text
+
+    proc = run_cli("ui")
+    assert proc.returncode == 1
+    assert "no database given: pass --dsn or set PG_DURABLE_DSN" in proc.stderr
+    empty = f"ui_empty_{os.getpid()}"
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{empty}"')
+        try:
+            proc = run_cli("ui", "--dsn", pg_server.dsn(empty))
+        finally:
+            admin.execute(f'DROP DATABASE "{empty}" WITH (FORCE)')
+    assert proc.returncode == 1
+    assert "the df schema is not installed in this database" in proc.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("ui", "--dsn", dsn, "--port", str(port))
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1 port {port}" in proc.stderr
+    assert "Traceback" not in proc.stderr

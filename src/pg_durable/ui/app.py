@@ -44,7 +44,8 @@ from pg_durable.ui.markup import Markup, element, page
 logger = logging.getLogger(__name__)
 
 #: Sent with every response: no script, style or frame from anywhere but here, nothing
-#: inline, no sniffing, no caching, no referrer (cursors and ids stay in this tab).
+#: inline, no sniffing, no caching, no referrer to other sites (ids and cursors stay here).
+#: (Not no-referrer: with it a browser sends "Origin: null" on its own forms' POSTs.)
 SECURITY_HEADERS = (
     (
         "Content-Security-Policy",
@@ -53,7 +54,7 @@ SECURITY_HEADERS = (
     ),
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),
     ("Cache-Control", "no-store"),
     ("Cross-Origin-Opener-Policy", "same-origin"),
     ("Cross-Origin-Resource-Policy", "same-origin"),

@@ -137,7 +137,9 @@ def signal_names(nodes: list[Node]) -> list[str]:
 class _Builder:
     def __init__(self, nodes: list[Node]) -> None:
         self.by_id = {n.id: n for n in nodes}
+        #: Nodes drawn or flattened into a sequence (a THEN).
         self.drawn: set[str] = set()
+        self.boxes = 0
         self.limited = False
 
     def sequence(self, node_id: str | None, depth: int) -> tuple[Drawn, ...]:
@@ -160,10 +162,11 @@ class _Builder:
         node = self.by_id[node_id]
         if node.id in self.drawn:
             return None
-        if len(self.drawn) >= MAX_NODES or depth >= MAX_DEPTH:
+        if self.boxes >= MAX_NODES or depth >= MAX_DEPTH:
             self.limited = True
             return None
         self.drawn.add(node.id)
+        self.boxes += 1
         return Drawn(node, self.sections(node, depth + 1))
 
     def sections(self, node: Node, depth: int) -> tuple[Section, ...]:
