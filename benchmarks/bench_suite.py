@@ -198,6 +198,7 @@ def run(dsn: str, args: argparse.Namespace, report: Report) -> None:
             f"Python {facts['python']}; worker concurrency {args.concurrency}",
         )
     )
+    report.line(f"engine   : pg_durable {facts['pg_durable']}")
     report.line(f"load     : {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)")
     if load[0] >= 1.0:
         report.line("           (not a quiet machine: figures from a 1-minute load below 1 only)")

@@ -25,6 +25,7 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
+import pg_durable
 from pg_durable import schema
 from pg_durable.embedded import EmbeddedPostgres, Installation, installations
 
@@ -134,7 +135,8 @@ def prepare(dsn: str) -> Conn:
 
 
 def machine(conn: Conn) -> dict[str, Any]:
-    """Where and when this run happens: date, CPU, PostgreSQL, Python, load averages."""
+    """Where and when this run happens: date, CPU, PostgreSQL, Python, the pg_durable measured,
+    load averages."""
     version = conn.execute("SHOW server_version").fetchone()
     assert version is not None
     return {
@@ -143,8 +145,31 @@ def machine(conn: Conn) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "postgresql": version[0],
         "python": platform.python_version(),
+        "pg_durable": engine_revision(),
         "load": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def engine_revision() -> str:
+    """The pg_durable measured: its version, and the git commit of its source tree when it
+    is one (``+changes`` when that tree differs from the commit)."""
+    source = Path(pg_durable.__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{pg_durable.__version__} ({source})"
+    return f"{pg_durable.__version__} at {commit}{'+changes' if changed else ''}"
 
 
 def describe(title: str, facts: dict[str, Any], extra: str) -> str:
