@@ -48,7 +48,6 @@ from tests.chaos.driver import (
 from tests.chaos.workload import (
     BY_NAME,
     LOST_SIGNAL,
-    LOST_SIGNAL_BUG,
     MIX,
     SETUP,
     TERMINAL,
@@ -304,20 +303,10 @@ def test_every_autocommit_step_ran_at_least_once(chaos: ChaosRun) -> None:
     assert v.autocommit_missing == 0, "\n".join(p for p in v.problems if "autocommit" in p)
 
 
-def _known(run: ChaosRun, kind: str, bug: str) -> None:
-    """xfail (not strict: it takes a fault at the right moment) when instances show the known
-    bug ``kind``; tests/chaos/test_lost_signal.py reproduces it without faults, under a strict
-    xfail."""
-    found = {i: d for i, (k, d) in run.verdict.known_stuck.items() if k == kind}
-    if found:
-        pytest.xfail(
-            f"{bug} — here {len(found)} instances {_where(run)}: {dict(list(found.items())[:5])}"
-        )
-
-
 def test_no_signal_is_lost(chaos: ChaosRun) -> None:
     assert chaos.verdict.signals_left == 0, f"signals nobody received {_where(chaos)}"
-    _known(chaos, LOST_SIGNAL, LOST_SIGNAL_BUG)
+    lost = {i: d for i, (k, d) in chaos.verdict.known_stuck.items() if k == LOST_SIGNAL}
+    assert lost == {}, f"instances waiting for a signal that was taken {_where(chaos)}"
 
 
 def test_no_instance_is_left_running(chaos: ChaosRun) -> None:

@@ -1,4 +1,5 @@
-"""Lost signals the chaos suite found, reproduced without any fault.
+"""Lost signals the chaos suite found (fixed: a wait only reads its signal; the signal leaves
+the inbox with the fiber's plan, in df._commit_steps), reproduced without any fault.
 
 A SIGNAL step takes its signal from the inbox (``take_signal``: a DELETE in the transaction of
 the fiber) and the fiber goes on to the step after the wait in the same transaction. When that
@@ -26,9 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 
-from tests.chaos.workload import LOST_SIGNAL_BUG
 from tests.fixtures.engine import WorkerThread, wait_for
 
 Conn = psycopg.Connection[Any]
@@ -36,7 +35,6 @@ Conn = psycopg.Connection[Any]
 WAITERS = 20
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_SIGNAL_BUG)
 def test_a_wait_followed_by_an_autocommit_step_keeps_its_signal(
     conn: Conn, start_worker: Callable[..., WorkerThread]
 ) -> None:
@@ -57,7 +55,6 @@ def test_a_wait_followed_by_an_autocommit_step_keeps_its_signal(
     assert (status, inbox) == (("completed",), (0,))
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_SIGNAL_BUG)
 def test_a_signal_taken_in_a_batch_is_not_lost_when_its_next_step_runs_alone(
     conn: Conn, start_worker: Callable[..., WorkerThread]
 ) -> None:

@@ -165,6 +165,8 @@ class _Run:
     statement: Statement | None = None
     #: (database, key) of the receipt its statement left in another database, if it did.
     receipt: tuple[str, str] | None = None
+    #: Signals it took from the inbox: they leave it with its plan.
+    signals: list[int] = field(default_factory=list)
     #: Run by run_single, which may commit in the middle of the step to work outside any
     #: transaction (an HTTP request); in a batch such a step is run alone instead.
     alone: bool = False
@@ -395,6 +397,7 @@ class Executor:
         """Advance the claimed fibers (``known``: outcomes known already, for a lone fiber);
         returns those to commit, the rows to run alone, and how many were released without
         running (the window had passed)."""
+        conns.taken_signals = []  # a new transaction
         batched = len(rows) > 1
         runs: list[_Run] = []
         alone: list[Row] = []
@@ -589,7 +592,7 @@ class Executor:
             run.interp.complete_step(Ok(f'{{"slept":true,"seconds":{node.seconds}}}'))
             return
         if node.type == "SIGNAL":
-            await self._wait_for_signal(conns.conn, run, node)
+            await self._wait_for_signal(conns, run, node)
             return
         if node.type == "WAIT_SCHEDULE":
             await self._wait_for_schedule(conns.conn, run, node)
@@ -688,9 +691,15 @@ class Executor:
             fiber.state.pop("request", None)
         run.interp.complete_step(outcome)
 
-    async def _wait_for_signal(self, conn: AnyConn, run: _Run, node: Node) -> None:
+    async def _wait_for_signal(self, conns: Connections, run: _Run, node: Node) -> None:
         """Complete the SIGNAL step with the oldest signal of its name in the inbox, or with a
-        timeout once its deadline has passed; else the fiber waits (df.signal wakes it)."""
+        timeout once its deadline has passed; else the fiber waits (df.signal wakes it).
+
+        The signal is only read here. It leaves the inbox with the fiber's plan (its id in
+        ``signals``, deleted by df._commit_steps): a transaction that commits without the plan
+        — the fiber went on to run alone, or leased itself for an autocommit statement —
+        leaves the signal where it was, for the fiber to take again."""
+        conn = conns.conn
         fiber, now = run.fiber, float(run.row["db_now"])
         until = _wait_until(fiber, node.id)
         if until is None:
@@ -700,9 +709,18 @@ class Executor:
         await conn.execute(query("signal_lock"), {"instance_id": fiber.instance_id})
         cur = await conn.execute(
             query("take_signal"),
-            {"instance_id": fiber.instance_id, "name": node.signal, "scope": fiber.scope},
+            {
+                "instance_id": fiber.instance_id,
+                "name": node.signal,
+                "scope": fiber.scope,
+                # Taken already by another fiber of this transaction, not committed yet.
+                "taken": conns.taken_signals,
+            },
         )
         got = await cur.fetchone()
+        if got is not None:
+            conns.taken_signals.append(int(got["id"]))
+            run.signals.append(int(got["id"]))
         if got is None and now < until:
             fiber.awaiting = node.signal
             fiber.not_before = until
@@ -916,6 +934,7 @@ def _plan_json(run: _Run) -> dict[str, Any]:
             else None
         ),
         "notify": any(s["status"] == "ready" and not s["delay"] for s in spawns),
+        "signals": run.signals,
     }
     if fiber.parent_scope is None and fiber.generation != int(run.row["generation"]):
         payload["execution_count"] = fiber.generation  # a root loop's next iteration

@@ -101,6 +101,8 @@ class Connections:
     cancel_pending: bool = False
     #: The slot's connections to other databases, by name (engine/remote.py).
     remote: dict[str, Connections] = field(default_factory=dict)
+    #: Signals taken from the inbox by the fibers of the open transaction (engine/executor.py).
+    taken_signals: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

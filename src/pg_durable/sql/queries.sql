@@ -149,14 +149,16 @@ SELECT step, kind, data FROM df_exec.run_steps(%s, %s, %s, %s)
 SELECT df._signal_lock(%(instance_id)s)
 
 -- name: take_signal
--- The oldest signal of this name for this fiber or for anyone (under the signal lock).
-DELETE FROM df._signals
- WHERE id = (SELECT s.id FROM df._signals s
-              WHERE s.instance_id = %(instance_id)s AND s.name = %(name)s
-                AND (s.scope = %(scope)s OR s.scope IS NULL)
-              ORDER BY s.id
-              LIMIT 1)
-RETURNING data::text AS data  -- as text: nested deeper than Python parses, it is still data
+-- The oldest signal of this name for this fiber or for anyone (under the signal lock), that no
+-- other fiber of this transaction took. It is deleted with the fiber's plan (_commit_steps).
+SELECT s.id,
+       s.data::text AS data  -- as text: nested deeper than Python parses, it is still data
+  FROM df._signals s
+ WHERE s.instance_id = %(instance_id)s AND s.name = %(name)s
+   AND (s.scope = %(scope)s OR s.scope IS NULL)
+   AND s.id <> ALL (%(taken)s::bigint[])
+ ORDER BY s.id
+ LIMIT 1
 
 -- name: schedule_tick
 SELECT df._schedule_tick(%(expr)s) AS tick

@@ -316,7 +316,14 @@ BEGIN
         IF v_stale THEN
             PERFORM df._drop_fibers(p->>'instance_id', p->>'scope');
             RETURN NEXT p->>'scope';
-        ELSIF coalesce((p->>'notify')::boolean, false) THEN
+            CONTINUE;
+        END IF;
+        -- The signals its waits took leave the inbox with the plan, never without it.
+        IF jsonb_array_length(coalesce(p->'signals', '[]')) > 0 THEN
+            DELETE FROM df._signals
+             WHERE id IN (SELECT jsonb_array_elements_text(p->'signals')::bigint);
+        END IF;
+        IF coalesce((p->>'notify')::boolean, false) THEN
             v_notify := true;
         END IF;
     END LOOP;
