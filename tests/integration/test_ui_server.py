@@ -38,6 +38,11 @@ from tests.fixtures.sql import one
 
 Conn = psycopg.Connection[Any]
 XSS_LABEL = "<script>alert(1)</script>"
+UI_SESSIONS = (
+    "pg_stat_activity WHERE application_name = 'pg-durable ui' AND datname = current_database()"
+)
+ACTIVE_UI_SESSIONS = f"SELECT count(*) FROM {UI_SESSIONS}"
+END_UI_SESSIONS = f"SELECT count(pg_terminate_backend(pid)) FROM {UI_SESSIONS}"
 
 
 @dataclass
@@ -425,7 +430,7 @@ def test_the_graph_shows_statuses_attempts_and_errors(
     )
     assert re.search(r'data-status="skipped" data-type="SQL"', page)
     assert '<span class="badge status-failed">failed</span>' in page
-    assert "RETRY (max 2 attempts, backoff 0s ×2)" in page
+    assert '<span class="what">(max 2 attempts, backoff 0s ×2)</span>' in page
     assert "As df.explain draws it" in page and "RETRY" in page
 
     page = ui.get(f"/instances/{shaped}").text
@@ -488,6 +493,24 @@ def test_workers_page_shows_the_fleet_to_a_role_allowed_to_read_it(
     assert ui.get("/api/workers").status == 403
     conn.execute(f"GRANT SELECT ON df.workers TO {alice}")
     assert ui.get("/api/workers").json()["alive"] == 1
+
+
+def test_connections_lost_between_requests_are_replaced(
+    roles: Roles, conn: Conn, serve: Callable[..., Served]
+) -> None:
+    alice = roles.create("alice", grant=True)
+    iid = start(roles.connect(alice), "'SELECT 1'")
+    ui = serve(roles.dsn(alice))
+    for _ in range(3):
+        assert ui.get(f"/api/instances/{iid}").status == 200
+        # As a restart of the server would: every connection of the dashboard goes.
+        ended = one(conn, END_UI_SESSIONS)
+        assert ended >= 1
+        deadline = time.monotonic() + 10
+        while one(conn, ACTIVE_UI_SESSIONS):  # gone for good before the next request
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert ui.get("/instances").status == 200
 
 
 # -------------------------------------------------------------------------------------------

@@ -172,7 +172,14 @@ class Dashboard:
         """The response to ``request``; never raises (errors become their pages)."""
         try:
             self._check_host(request)
-            return self._route(request)
+            try:
+                return self._route(request)
+            except psycopg.OperationalError:
+                if request.method != "GET":
+                    raise
+                # Once more on a new connection: the pool's may have died with a restart of
+                # the server since the last request (a GET changes nothing: safe to repeat).
+                return self._route(request)
         except Refused as refused:
             return self._error(request, refused.status, refused.message)
         except (InstanceNotFound, InvalidInstanceId) as exc:

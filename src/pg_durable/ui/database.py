@@ -77,7 +77,10 @@ class Database:
         try:
             yield conn
         except psycopg.OperationalError:
-            conn.close()  # the server went away, or the connection did: never reuse it
+            # The server went away, or this connection did: never reuse it, nor the idle ones
+            # (after a restart of the server they are all gone).
+            conn.close()
+            self._drop_idle()
             raise
         finally:
             if not conn.closed:
@@ -97,10 +100,14 @@ class Database:
                     conn.isolation_level = None
                     conn.read_only = None
 
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
     def close(self) -> None:
         """Close the idle connections; those in use close when they are given back."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._drop_idle()

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from pg_durable.cli.terminal import clip
 from pg_durable.client.records import Node, Progress
 from pg_durable.ui import tree
 from pg_durable.ui.markup import Markup, element
@@ -82,13 +83,19 @@ def _result_summary(text: str) -> str:
     return "result"
 
 
+def _what(node: Node) -> str:
+    """What a node's box says beside its type: the description, without the type again."""
+    text = tree.describe(node)
+    return text.removeprefix(node.node_type).strip()
+
+
 def _card(drawn: tree.Drawn, progress: Progress, api: str) -> Markup:
     node = drawn.node
     status = node.inferred_status
     head = [
         badge(status),
         element("span", {"class_": "kind"}, node.node_type),
-        element("span", {"class_": "what"}, tree.describe(node)) if node.node_type != "SQL" else "",
+        element("span", {"class_": "what"}, _what(node)),
         element("span", {"class_": "name"}, f"|=> '{node.result_name}'")
         if node.result_name
         else "",
@@ -196,7 +203,13 @@ def _facts(progress: Progress, nodes: list[Node]) -> Markup:
                     "ul",
                     {"class_": "now"},
                     [
-                        element("li", None, tree.describe(n) if n.node_type != "SQL" else "SQL")
+                        element(
+                            "li",
+                            None,
+                            f"SQL: {clip(n.query, 80)}"
+                            if n.node_type == "SQL"
+                            else tree.describe(n),
+                        )
                         for n in progress.running
                     ],
                 ),
