@@ -122,6 +122,18 @@ def test_get_returns_spec_envelope(
     assert "content-length" not in got.headers
 
 
+def test_a_request_followed_by_an_autocommit_step_is_sent_once(
+    conn: Conn, allow_all: None, worker: WorkerThread, http_server: HttpServer
+) -> None:
+    """The step after the request runs outside any transaction: the lease it takes drops the
+    transaction that recorded the response, which must then be taken from the first send."""
+    http_server.reply("/once", body=b"{}")
+    conn.execute("CREATE TABLE t (n int)")
+    iid, status = run_workflow(conn, f"{http(http_server.url('/once'))} ~> 'VACUUM t'")
+    assert status == "completed", output_of(conn, iid)
+    assert len(http_server.received) == 1
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 def test_methods_bodies_and_headers(
     conn: Conn, allow_all: None, worker: WorkerThread, http_server: HttpServer, method: str

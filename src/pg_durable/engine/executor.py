@@ -668,7 +668,9 @@ class Executor:
         """Complete an HTTP step with its response, once sent (run_single sends it, with no
         transaction open); before that, describe and admit its request."""
         loaded, fiber = run.loaded, run.fiber
-        outcome = run.known.pop(node.id, None)
+        # (Read, not taken: a lease later in this chain — an autocommit step next — drops
+        # this transaction's plan, and the response must still be the one already received.)
+        outcome = run.known.get(node.id)
         if outcome is None:
             if not run.alone:
                 raise RunAlone  # (a batch's transaction cannot wait for the network)
