@@ -6,7 +6,9 @@
 Without --dsn it starts a private PostgreSQL (the embedded one, default durability settings:
 fsync and synchronous_commit on). One ``pg-durable worker`` process of ``--concurrency`` slots
 runs every pg_durable workload (with ``--loop-min-interval 0``, for the sequence below); DBOS
-Transact runs the same workloads in this process, on the same server. In order:
+Transact runs the same workloads in this process, on the same server. Before each pg_durable
+workload the df tables are vacuumed and analyzed, as autovacuum would have done since the last
+one, so that no figure pays for another's garbage. In order:
 
 * ceiling — single-statement autocommit transactions/s (``SELECT 1``) from as many psycopg
   connections as the worker has slots; beside it, single-row INSERTs (a durable write each);
@@ -98,6 +100,7 @@ class Engine:
     def run(self, steps: int, start: Callable[[Conn], object], rounds: int = 1) -> Run:
         """Start instances with ``start`` (in one transaction, ``rounds`` times, one round
         after the other) and wait for all of them to complete."""
+        self.settle()
         seconds = start_seconds = worker_cpu = 0.0
         server: list[float] = []
         starting: list[float] = []
@@ -130,6 +133,14 @@ class Engine:
             sum(starting) if starting else None,
             harness.proc_stats(self.worker.pid).peak_rss,
         )
+
+    def settle(self) -> None:
+        """VACUUM ANALYZE the engine's tables, as autovacuum would have done since the last
+        workload: the garbage of one workload (or of DBOS's) is not cleaned up in the time of
+        the next, and every workload starts from statistics taken with nothing to do (the
+        state a quiet engine is in when work arrives)."""
+        for table in ("instances", "nodes", "_fibers", "_instance_state"):
+            self.conn.execute(sql.SQL("VACUUM ANALYZE df.{}").format(sql.Identifier(table)))
 
 
 class Report:
