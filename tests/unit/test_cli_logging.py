@@ -119,3 +119,14 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["worker", "--concurrency", "many"])
     assert exc.value.code == 2
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_psycopgs_echo_of_a_lost_connection_is_dropped() -> None:
+    stream = io.StringIO()
+    cli_logging.configure("INFO", "text", stream)
+    psycopg_logger = logging.getLogger("psycopg")
+    psycopg_logger.warning("error ignored terminating %s: the connection is lost", "<pipeline>")
+    psycopg_logger.warning("something else")
+    assert "error ignored terminating" not in stream.getvalue()
+    assert "something else" in stream.getvalue()

@@ -96,4 +96,17 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(name)
     # psycopg's pool and connection chatter is noise below WARNING unless debugging.
-    logging.getLogger("psycopg").setLevel(logging.DEBUG if name == "DEBUG" else logging.WARNING)
+    psycopg_logger = logging.getLogger("psycopg")
+    psycopg_logger.setLevel(logging.DEBUG if name == "DEBUG" else logging.WARNING)
+    if name != "DEBUG" and not any(
+        isinstance(f, _LostConnectionEcho) for f in psycopg_logger.filters
+    ):
+        psycopg_logger.addFilter(_LostConnectionEcho())
+
+
+class _LostConnectionEcho(logging.Filter):
+    """Drops psycopg's "error ignored terminating <…Pipeline [BAD]>" warning: it repeats, per
+    connection, the lost connection the worker reports itself in one line per outage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("error ignored terminating")
