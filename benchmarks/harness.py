@@ -318,23 +318,31 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 # -- waiting and statistics ------------------------------------------------------------------
-def wait_all_done(conn: Conn, timeout: float, every: float = 0.01) -> None:
-    """Until no instance is pending or running (raises if any failed)."""
+def all_done(conn: Conn, timeout: float, every: float = 0.01) -> bool:
+    """Whether, within ``timeout`` seconds, no instance is pending or running any more
+    (raises if any failed)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         row = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM df.instances WHERE status IN ('pending', 'running'))"
         ).fetchone()
         assert row is not None
         if not row[0]:
             break
+        if time.monotonic() > deadline:
+            return False
         time.sleep(every)
-    else:
-        raise SystemExit("benchmark instances did not finish in time")
     failed = conn.execute("SELECT count(*) FROM df.instances WHERE status = 'failed'").fetchone()
     assert failed is not None
     if failed[0]:
         raise SystemExit(f"{failed[0]} instances failed during the benchmark")
+    return True
+
+
+def wait_all_done(conn: Conn, timeout: float, every: float = 0.01) -> None:
+    """Until no instance is pending or running (raises if any failed, or after ``timeout``)."""
+    if not all_done(conn, timeout, every):
+        raise SystemExit("benchmark instances did not finish in time")
 
 
 def percentile(values: list[float], pct: int) -> float:
