@@ -307,10 +307,12 @@ def test_other_paths_and_methods(
     with pytest.raises(urllib.error.HTTPError) as not_found:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
     assert not_found.value.code == 404
+    not_found.value.close()  # (an HTTPError holds the response's socket)
     post = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", data=b"x", method="POST")
     with pytest.raises(urllib.error.HTTPError) as not_allowed:
         urllib.request.urlopen(post, timeout=10)
     assert not_allowed.value.code == 405
+    not_allowed.value.close()
     head = urllib.request.Request(f"http://127.0.0.1:{port}/metrics?x=1", method="HEAD")
     with urllib.request.urlopen(head, timeout=10) as response:
         assert response.status == 200
