@@ -38,7 +38,8 @@ one, so that no figure pays for another's garbage. In order:
 
 Targets (issue 7, on a 2-core machine): >= 10x DBOS's steps/s on 1,000 x 10, >= 40 % of the
 ceiling, p50 latency <= 3 ms, a JOIN of 1,000 branches in <= 2 s, flat per-step cost up to
-100,000 instances (here: CPU per step at the largest size at most 25 % above that at 1,000).
+100,000 instances (here: CPU per step, worker and server, at no size above 1,000 more than
+25 % above that at 1,000; judged only when 100,000 completed within the window).
 Measure on a quiet machine: the 1-minute load average is printed at the start and the end.
 """
 
@@ -583,20 +584,21 @@ def targets(report: Report) -> None:
     checks.append(("JOIN of 1,000 branches ≤ 2 s", f"{join:.3f} s", join <= 2.0))
     rows = {row["instances"]: row for row in figures["scale"]}
     if 1000 in rows and max(rows) > 1000:
-        largest = rows[max(rows)]
 
         def cost(row: dict[str, Any]) -> float:
             return float(row["worker_cpu_per_step"] + (row["server_cpu_per_step"] or 0))
 
-        growth = cost(largest) / cost(rows[1000])
-        speed = largest["steps_per_s"] / rows[1000]["steps_per_s"]
-        window = "" if largest["complete"] else ", over the window"
+        # Flat: no size above 1,000 costs more per step than FLAT times what 1,000 do.
+        worst = max((n for n in rows if n > 1000), key=lambda n: cost(rows[n]))
+        growth = cost(rows[worst]) / cost(rows[1000])
+        speed = rows[worst]["steps_per_s"] / rows[1000]["steps_per_s"]
+        window = "" if rows[worst]["complete"] else ", over the window"
         checks.append(
             (
                 "flat per-step cost up to 100,000",
-                f"{growth:.2f}x the CPU/step of 1,000 at {max(rows):,}{window}"
+                f"{growth:.2f}x the CPU/step of 1,000 at {worst:,}{window}"
                 f" ({100 * speed:.0f} % of the steps/s)",
-                growth <= FLAT if max(rows) >= 100_000 else None,
+                growth <= FLAT if max(rows) >= 100_000 and rows[max(rows)]["complete"] else None,
             )
         )
     else:
