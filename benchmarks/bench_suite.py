@@ -240,7 +240,9 @@ def pg_durable(dsn: str, engine: Engine, args: argparse.Namespace, report: Repor
         else f"peak RSS {chain.peak_rss / 2**20:.0f} MiB",
     )
     if args.profile:
-        harness.print_profile(conn)
+        report.line()
+        for line in harness.profile_lines(figures["statements"]):
+            report.line(f"  {line}")
 
     conn.execute("DROP SEQUENCE IF EXISTS public.bench_iterations")
     conn.execute("CREATE SEQUENCE public.bench_iterations")

@@ -97,25 +97,34 @@ def profiling() -> tuple[Installation, dict[str, str]]:
 
 def top_statements(conn: Conn, limit: int = 25) -> list[dict[str, Any]]:
     """The statements (top level and nested) that took the most time since the last
-    ``pg_stat_statements_reset()``."""
+    ``pg_stat_statements_reset()`` (VACUUM aside: the suite's own, between workloads)."""
     rows = conn.execute(
         "SELECT calls, total_exec_time, total_exec_time / calls, toplevel, "
         "regexp_replace(left(query, 110), '\\s+', ' ', 'g') "
-        "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT %s",
+        "FROM pg_stat_statements WHERE query NOT LIKE 'VACUUM%%' "
+        "ORDER BY total_exec_time DESC LIMIT %s",
         (limit,),
     ).fetchall()
     keys = ("calls", "total_ms", "ms_per_call", "toplevel", "query")
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def print_profile(conn: Conn, limit: int = 25) -> None:
-    """Print :func:`top_statements`."""
-    print(f"\n{'calls':>9} {'total ms':>10} {'ms/call':>8} top  query")
-    for s in top_statements(conn, limit):
-        print(
+def profile_lines(statements: list[dict[str, Any]]) -> list[str]:
+    """:func:`top_statements` as the lines of a table."""
+    lines = [f"{'calls':>9} {'total ms':>10} {'ms/call':>8} top  query"]
+    for s in statements:
+        lines.append(
             f"{s['calls']:9} {s['total_ms']:10.0f} {s['ms_per_call']:8.4f} "
             f"{'y' if s['toplevel'] else 'n':>3}  {s['query']}"
         )
+    return lines
+
+
+def print_profile(conn: Conn, limit: int = 25) -> None:
+    """Print :func:`top_statements`."""
+    print()
+    for line in profile_lines(top_statements(conn, limit)):
+        print(line)
 
 
 def prepare(dsn: str) -> Conn:
