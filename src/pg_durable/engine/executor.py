@@ -548,9 +548,13 @@ class Executor:
             run.interp.start()
             if fiber.parent_scope is None and node_at(run).type == "SQL":
                 # The instance reads `running`, and its first step too, from this commit on —
-                # not only once that step is done: its statement runs in the next transaction.
-                # (A first step that only waits — a timer, a signal — starts in this one.)
-                return run
+                # not only once that step is done: unless its statement is known to be quick,
+                # it runs in the next transaction. (A quick one runs in this one: a commit and
+                # a round trip less between df.start and its result. A first step that only
+                # waits — a timer, a signal — starts in this one too.)
+                await self._step(conns, run, batched=batched, unless_new_or_slow=True)
+                if run.statement is not None or run.statement_node is None:
+                    return run
         elif "iterate" in fiber.state:
             run.interp.iterate()
         elif "retry" in fiber.state:
@@ -584,8 +588,12 @@ class Executor:
             if run.statement is not None:
                 return
 
-    async def _step(self, conns: Connections, run: _Run, *, batched: bool) -> None:
-        """Complete the step the fiber stands at, or leave its statement for phase 2."""
+    async def _step(
+        self, conns: Connections, run: _Run, *, batched: bool, unless_new_or_slow: bool = False
+    ) -> None:
+        """Complete the step the fiber stands at, or leave its statement for phase 2.
+        ``unless_new_or_slow``: leave a statement that has not run lately, or that was slow,
+        where it is (the fiber stays at its node, ``run.statement_node`` None)."""
         loaded, fiber = run.loaded, run.fiber
         node = loaded.graph.node(fiber.node_id)
         if node.type == "SLEEP":
@@ -631,6 +639,9 @@ class Executor:
             return
         if node.id in loaded.graph.conditions:
             text = as_condition_query(text)
+        if unless_new_or_slow and not self.sql.is_quick(text):
+            run.statement_node = None
+            return
         if batched and (
             self.sql.is_slow(text)
             or loaded.role.statement_timeout is not None

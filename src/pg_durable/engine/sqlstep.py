@@ -65,7 +65,8 @@ _ACTIVE_SQL_TRANSACTION: Final = "25001"
 #: df.timeout, or its step_timeout setting.
 DEADLINE_REACHED: Final = "PDDLN"
 STEP_TIMEOUT_REACHED: Final = "PDSTO"
-_SLOW_CACHE_SIZE: Final = 4096
+#: Statements whose last duration the worker remembers (by hash: a hint, not a record).
+_DURATIONS_CACHE_SIZE: Final = 16_384
 
 
 class NeedsAutocommit(Exception):
@@ -130,11 +131,18 @@ class SqlSteps:
         self.runner = runner
         #: A statement that once ran longer than this is not batched after other steps.
         self.slow_seconds = slow_seconds
-        self._slow: OrderedDict[str, None] = OrderedDict()
+        #: Whether the statements seen lately (hashes of their texts, the latest last) took
+        #: longer than slow_seconds when they last ran.
+        self._seen: OrderedDict[int, bool] = OrderedDict()
         self._type_names: dict[int, str] = {}
 
     def is_slow(self, text: str) -> bool:
-        return text in self._slow
+        """Whether ``text`` took longer than ``slow_seconds`` when it last ran."""
+        return self._seen.get(hash(text)) is True
+
+    def is_quick(self, text: str) -> bool:
+        """Whether ``text`` has run lately, and did not take longer than ``slow_seconds``."""
+        return self._seen.get(hash(text)) is False
 
     async def prepare(
         self,
@@ -193,13 +201,16 @@ class SqlSteps:
                 # (Steps with a deadline run alone.) A batch that reaches it runs again alone.
                 await _limit_time(conn, None, max(s.step_timeout for s in statements), True)
                 return await self.runner.run_steps(conn, steps, window)
-            await conn.execute("SAVEPOINT step")
-            statement = statements[0]
-            timeout = statement.role.statement_timeout
-            if timeout is not None:
-                await conn.execute(query("local_statement_timeout"), {"value": timeout})
-            limit = await _limit_time(conn, statement.deadline, statement.step_timeout, True)
-            return await self.runner.run_steps(conn, steps, window)
+            # One round trip for all of it (pipelined), unless a time limit must be read back
+            # first.
+            async with conn.pipeline():
+                await conn.execute("SAVEPOINT step")
+                statement = statements[0]
+                timeout = statement.role.statement_timeout
+                if timeout is not None:
+                    await conn.execute(query("local_statement_timeout"), {"value": timeout})
+                limit = await _limit_time(conn, statement.deadline, statement.step_timeout, True)
+                return await self.runner.run_steps(conn, steps, window)
         except pgerrors.QueryCanceled as exc:
             if conns.cancel_pending:
                 conns.cancel_pending = False
@@ -241,13 +252,11 @@ class SqlSteps:
             return Failed(str(exc))
 
     def _note_duration(self, text: str, seconds: float) -> None:
-        if seconds > self.slow_seconds:
-            self._slow[text] = None
-            self._slow.move_to_end(text)
-            if len(self._slow) > _SLOW_CACHE_SIZE:
-                self._slow.popitem(last=False)
-        else:
-            self._slow.pop(text, None)
+        key = hash(text)
+        self._seen[key] = seconds > self.slow_seconds
+        self._seen.move_to_end(key)
+        if len(self._seen) > _DURATIONS_CACHE_SIZE:
+            self._seen.popitem(last=False)
 
     async def run_autocommit(
         self, conns: Connections, role: Role, text: str, limits: Statement | None = None

@@ -207,15 +207,22 @@ BEGIN
           FROM unnest(starting) s(id)
          WHERE st.instance_id = s.id;
     END IF;
+    -- The stamps grouped per instance and found by primary key (id = ANY), as in
+    -- df._apply_plan: joined one by one to df.nodes, they got planned as a scan of every node
+    -- of the instance against the list of stamps — a long sequence or a big loop then paid
+    -- for all of its nodes on every step.
     UPDATE df.nodes n
-       SET status = st->>'status',
-           result = (st->>'result')::jsonb,
+       SET status = s.o->n.id->>'status',
+           result = (s.o->n.id->>'result')::jsonb,
            -- (details: a RETRY's attempts; a stamp without any has no such key.)
-           status_details = jsonb_build_object('execution_id', st->>'execution_id')
-                            || coalesce(st->'details', '{}'),
+           status_details = jsonb_build_object('execution_id', s.o->n.id->>'execution_id')
+                            || coalesce(s.o->n.id->'details', '{}'),
            updated_at = now()
-      FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
-     WHERE n.instance_id = x->>'instance_id' AND n.id = st->>'id';
+      FROM (SELECT x->>'instance_id' AS instance_id, jsonb_object_agg(st->>'id', st) AS o,
+                   array_agg(st->>'id') AS ids
+              FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
+             GROUP BY 1) s
+     WHERE n.instance_id = s.instance_id AND n.id = ANY (s.ids);
     UPDATE df._fibers f
        SET node_id = x->'fiber'->>'node_id',
            status = x->'fiber'->>'status',
@@ -283,12 +290,14 @@ DECLARE
     moves    jsonb[] := '{}';
     -- Root fibers (or what were ones: a plan has no fiber when it finished its instance) are
     -- locked by this transaction, so they are alive while their instances run: one look for
-    -- all of them.
+    -- all of them, each instance found by its primary key. (The status test is written so
+    -- that idx_instances_status cannot serve it: planned from statistics taken while little
+    -- ran, a plain IN read every pending and running instance through that index per plan.)
     running  text[] := ARRAY(SELECT i.id::text
                                FROM jsonb_array_elements(p_plans) x
                                JOIN df.instances i ON i.id = x->>'instance_id'
                               WHERE x->'fiber'->>'parent_scope' IS NULL
-                                AND i.status IN ('pending', 'running'));
+                                AND (i.status IN ('pending', 'running')) IS TRUE);
 BEGIN
     FOR p IN SELECT jsonb_array_elements(p_plans) LOOP
         IF p->'fiber'->>'parent_scope' IS NULL THEN
@@ -351,13 +360,16 @@ $$;
 -- Claim the fibers of a list again, those still runnable and not held elsewhere (see the
 -- claim_continued query). One primary-key lookup each: as one query, a planner that believes
 -- few fibers are runnable (statistics lag behind a queue that fills fast) would rather read
--- every runnable fiber through _fibers_ready.
+-- every runnable fiber through _fibers_ready. For the same reason the status test is one
+-- that partial index cannot serve, and the instance is found by its primary key, never by a
+-- hash join over a scan of df.instances.
 CREATE FUNCTION df._claim_fibers(p_scopes text[])
 RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                spawned_at_node varchar, parent_generation int, root_node varchar,
                node_id varchar, generation int, results jsonb, state jsonb, first_done text,
                version bigint, instance_status text, db_now float8)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     wanted text;
 BEGIN
@@ -368,7 +380,7 @@ BEGIN
                f.first_done, f.version, i.status, extract(epoch FROM now())::float8
           FROM df._fibers f
           JOIN df.instances i ON i.id = f.instance_id
-         WHERE f.scope = wanted AND f.status = 'ready' AND f.run_at <= now()
+         WHERE f.scope = wanted AND (f.status = 'ready') IS TRUE AND f.run_at <= now()
            FOR UPDATE OF f SKIP LOCKED;
     END LOOP;
 END
