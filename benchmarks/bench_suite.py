@@ -287,9 +287,9 @@ def p99(values: list[float]) -> float:
 
 
 def py_spy(path: str, pid: int) -> subprocess.Popen[bytes]:
-    """py-spy recording ``pid`` into ``path`` (a flame graph SVG, or speedscope JSON when
-    ``path`` ends in .json) until it gets SIGINT."""
-    fmt = "speedscope" if path.endswith(".json") else "flamegraph"
+    """py-spy recording ``pid`` into ``path`` (a flame graph SVG; speedscope JSON when
+    ``path`` ends in .json, collapsed stacks when it ends in .txt) until it gets SIGINT."""
+    fmt = {".json": "speedscope", ".txt": "raw"}.get(os.path.splitext(path)[1], "flamegraph")
     spy = subprocess.Popen(
         ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", fmt, "-o", path],
         stdout=subprocess.DEVNULL,

@@ -214,11 +214,15 @@ class StepRunner:
         self._described.pop((role.oid, text), None)
 
     async def run_steps(
-        self, conn: AnyConn, steps: Sequence[tuple[Role, str, bool]], window: float
+        self,
+        conn: AnyConn,
+        steps: Sequence[tuple[Role, str, bool]],
+        window: float,
+        pipeline: psycopg.AsyncPipeline | None = None,
     ) -> list[StepRows | None]:
         """Execute each (role, statement, returns rows) in the transaction open on ``conn``,
-        in one round trip (df_exec.run_steps). None for a step that did not run: the window had
-        passed before its turn."""
+        in one round trip (df_exec.run_steps) — with what ``pipeline`` holds already, if
+        given. None for a step that did not run: the window had passed before its turn."""
         payload = [
             {"role": role.oid, "sql": text, "rows": rows, "settings": list(role.settings)}
             for role, text, rows in steps
@@ -228,6 +232,11 @@ class StepRunner:
             query("run_steps"),
             (Jsonb(payload), window, self.max_result_bytes, self.max_result_rows),
         )
+        if pipeline is not None:
+            # A Sync now, not at the end of the pipeline: until the server has one it does not
+            # count the transaction as idle once the statements are done — a worker frozen
+            # meanwhile would keep its claims past idle_in_transaction_session_timeout.
+            await pipeline.sync()
         results: list[StepRows | None] = [None] * len(steps)
         rows: list[str] = []
         failure: StepFailure | None = None

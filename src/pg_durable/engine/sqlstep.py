@@ -27,6 +27,7 @@ is rolled back and each of its steps runs again alone, under its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import OrderedDict
@@ -201,16 +202,18 @@ class SqlSteps:
                 # (Steps with a deadline run alone.) A batch that reaches it runs again alone.
                 await _limit_time(conn, None, max(s.step_timeout for s in statements), True)
                 return await self.runner.run_steps(conn, steps, window)
-            # One round trip for all of it (pipelined), unless a time limit must be read back
-            # first.
-            async with conn.pipeline():
+            statement = statements[0]
+            timeout = statement.role.statement_timeout
+            # One round trip for it all (pipelined) — not when a time limit is read back
+            # first: a pipeline's Sync comes at its end, and until then the server does not
+            # count the transaction as idle (see StepRunner.run_steps).
+            limited = statement.deadline is not None or statement.step_timeout > 0
+            async with contextlib.nullcontext() if limited else conn.pipeline() as pipeline:
                 await conn.execute("SAVEPOINT step")
-                statement = statements[0]
-                timeout = statement.role.statement_timeout
                 if timeout is not None:
                     await conn.execute(query("local_statement_timeout"), {"value": timeout})
                 limit = await _limit_time(conn, statement.deadline, statement.step_timeout, True)
-                return await self.runner.run_steps(conn, steps, window)
+                return await self.runner.run_steps(conn, steps, window, pipeline)
         except pgerrors.QueryCanceled as exc:
             if conns.cancel_pending:
                 conns.cancel_pending = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -23,9 +24,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_dumps
 
 from pg_durable import __version__
 from pg_durable.engine import metrics_server, remote
@@ -58,6 +61,16 @@ _STEP_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c d
 # the server (and libpq) notice a dead peer within about 20 s; a transaction left idle for
 # longer than the lease ends the session, so its claims go to other workers within that bound.
 _KEEPALIVES = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=2"
+
+
+def _json_dumps(value: Any) -> bytes:
+    """JSON for the worker's statements (a batch's plans are most of what it sends): orjson,
+    ten times quicker than the json module; that for what orjson refuses (an integer beyond
+    64 bits in a step's result, say)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
 
 
 @dataclass(slots=True)
@@ -159,6 +172,7 @@ class Worker:
             keepalives_interval=5,
             keepalives_count=2,
         )
+        set_json_dumps(_json_dumps, conn)
         return conn
 
     async def _control_conn(self) -> AConn:

@@ -198,11 +198,12 @@ DECLARE
                               WHERE jsonb_typeof(x->'instance') = 'object');
 BEGIN
     IF cardinality(starting) > 0 THEN
-        -- Joined, not "id = ANY": a generic plan would rather scan idx_instances_status for
-        -- the thousands of pending instances.
+        -- Each found by primary key: joined, not "id = ANY", and with a status test
+        -- idx_instances_status cannot serve — planned from statistics taken while nothing
+        -- was pending, either would scan that index for all the pending instances, per row.
         UPDATE df.instances i SET status = 'running', updated_at = now()
           FROM unnest(starting) s(id)
-         WHERE i.id = s.id AND i.status = 'pending';
+         WHERE i.id = s.id AND (i.status = 'pending') IS TRUE;
         UPDATE df._instance_state st SET started_at = now()
           FROM unnest(starting) s(id)
          WHERE st.instance_id = s.id;
