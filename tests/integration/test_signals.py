@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from pg_durable.queries import query
 from tests.fixtures.engine import WorkerThread, wait_for
 from tests.fixtures.postgres import role_dsn
 from tests.fixtures.sql import raises_exactly
@@ -132,6 +134,60 @@ def test_a_signal_sent_while_the_wait_waits_wakes_it_at_once(
         "SELECT result FROM df.nodes WHERE instance_id = %s AND node_type = 'SIGNAL'", (iid,)
     ).fetchone()
     assert row == ({"signal_name": "go", "timed_out": False, "data": "plain text"},)
+
+
+def _hold_fiber(dsn: str, instance_id: str, seconds: float) -> threading.Thread:
+    """Lock the instance's waiting fiber for ``seconds`` from a transaction of its own, as a
+    worker's claim does that read the row just before the fiber began to wait and locked it
+    just after (it then skips the row, but keeps its lock until its transaction ends)."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(dsn) as other:
+            other.execute(
+                "SELECT 1 FROM df._fibers WHERE instance_id = %s FOR UPDATE", (instance_id,)
+            )
+            locked.set()
+            time.sleep(seconds)
+            other.rollback()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert locked.wait(10)
+    return thread
+
+
+def test_a_signal_wakes_a_wait_another_transaction_holds_for_a_moment(
+    conn: Conn, dsn: str, worker: WorkerThread
+) -> None:
+    iid = start(conn, "df.wait_for_signal('go') ~> 'SELECT 2 AS two'")
+    wait_until_waiting(conn, iid)
+    holder = _hold_fiber(dsn, iid, 0.05)
+    try:
+        signal(conn, iid, "go")  # (waits for the lock: a moment)
+    finally:
+        holder.join()
+    assert wait_for(conn, iid, 5) == "completed"
+
+
+def test_a_wait_held_longer_than_the_signal_waits_is_woken_by_the_sweep(
+    conn: Conn, dsn: str, worker: WorkerThread
+) -> None:
+    iid = start(conn, "df.wait_for_signal('go') ~> 'SELECT 2 AS two'")
+    wait_until_waiting(conn, iid)
+    holder = _hold_fiber(dsn, iid, 1.0)
+    try:
+        sent = time.monotonic()
+        signal(conn, iid, "go")
+        assert time.monotonic() - sent < 0.9  # df.signal does not wait for it that long
+    finally:
+        holder.join()
+    time.sleep(0.5)
+    assert conn.execute("SELECT df.status(%s)", (iid,)).fetchone() == ("running",)
+    # The signal is in the fiber's inbox, and the workers' sweep wakes the fiber.
+    conn.execute(query("wake_signalled"))
+    assert wait_for(conn, iid, 5) == "completed"
+    assert result_of(conn, iid) == {"rows": [{"two": 2}], "row_count": 1}
 
 
 def test_a_wait_times_out(conn: Conn, worker: WorkerThread) -> None:

@@ -402,8 +402,7 @@ class Executor:
         runs: list[_Run] = []
         alone: list[Row] = []
         await self._load(
-            conns.conn,
-            [str(r["instance_id"]) for r in rows if r["instance_status"] in ("pending", "running")],
+            conns.conn, [r for r in rows if r["instance_status"] in ("pending", "running")]
         )
         for row in rows:
             try:
@@ -783,14 +782,19 @@ class Executor:
         ]
 
     # -- the instance's frozen graph ------------------------------------------------------------
-    async def _load(self, conn: AnyConn, instance_ids: list[str]) -> None:
-        """Load into the cache the instances of ``instance_ids`` it does not hold, in one
-        query. An instance that cannot run is cached as the reason why."""
+    async def _load(self, conn: AnyConn, rows: list[Row]) -> None:
+        """Load into the cache the instances of the claimed ``rows`` it does not hold: from
+        the rows themselves (a new instance's first claim brings its graph along), the others
+        in one query. An instance that cannot run is cached as the reason why."""
+        instance_ids = [str(r["instance_id"]) for r in rows]
         wanted = [i for i in dict.fromkeys(instance_ids) if i not in self._instances]
         if not wanted:
             return
-        cur = await conn.execute(query("load_instances"), {"instance_ids": wanted})
-        found = {str(row["id"]): row for row in await cur.fetchall()}
+        found = {str(r["instance_id"]): r["loaded"] for r in rows if r.get("loaded") is not None}
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            cur = await conn.execute(query("load_instances"), {"instance_ids": missing})
+            found.update((str(row["id"]), row) for row in await cur.fetchall())
         for instance_id in wanted:
             row = found.get(instance_id)
             try:

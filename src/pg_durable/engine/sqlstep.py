@@ -66,6 +66,8 @@ _ACTIVE_SQL_TRANSACTION: Final = "25001"
 #: df.timeout, or its step_timeout setting.
 DEADLINE_REACHED: Final = "PDDLN"
 STEP_TIMEOUT_REACHED: Final = "PDSTO"
+#: Characters of a lone step's statement up to which it is pipelined with its SAVEPOINT.
+_PIPELINE_MAX_TEXT: Final = 1_000_000
 #: Statements whose last duration the worker remembers (by hash: a hint, not a record).
 _DURATIONS_CACHE_SIZE: Final = 16_384
 
@@ -206,9 +208,12 @@ class SqlSteps:
             timeout = statement.role.statement_timeout
             # One round trip for it all (pipelined) — not when a time limit is read back
             # first: a pipeline's Sync comes at its end, and until then the server does not
-            # count the transaction as idle (see StepRunner.run_steps).
+            # count the transaction as idle (see StepRunner.run_steps); nor for a huge
+            # statement, which psycopg 3.3's pipeline mode never finishes sending (seen
+            # from about 10 MB on).
             limited = statement.deadline is not None or statement.step_timeout > 0
-            async with contextlib.nullcontext() if limited else conn.pipeline() as pipeline:
+            piped = not limited and len(statement.text) <= _PIPELINE_MAX_TEXT
+            async with conn.pipeline() if piped else contextlib.nullcontext() as pipeline:
                 await conn.execute("SAVEPOINT step")
                 if timeout is not None:
                     await conn.execute(query("local_statement_timeout"), {"value": timeout})

@@ -351,6 +351,7 @@ class Worker:
                 conn = await self._control_conn()
                 await conn.execute(query("sweep"))
                 await conn.execute(query("sweep_signals"))
+                await conn.execute(query("wake_signalled"))
             await self._prune()
             await self._sleep_or_stop(_SWEEP_INTERVAL)
 

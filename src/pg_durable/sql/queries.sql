@@ -14,19 +14,30 @@ WITH share AS (
              WHERE status = 'ready' AND run_at <= now()
              ORDER BY run_at  -- by the index, not a scan through dead rows of past fibers
              LIMIT %(batch_size)s * %(slots)s) backlog
+), claimed AS (
+    SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
+           f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
+           f.first_done, f.version, i.status AS instance_status,
+           extract(epoch FROM now())::float8 AS db_now, (SELECT backlog FROM share) AS backlog
+      FROM df._fibers f
+      JOIN df.instances i ON i.id = f.instance_id
+     WHERE f.status = 'ready' AND f.run_at <= now()
+       AND (%(lanes)s = 1 OR (SELECT backlog FROM share) < 4 * %(lanes)s
+            OR mod(abs(hashtext(f.scope)::bigint), %(lanes)s) = %(lane)s)
+     ORDER BY f.run_at
+     LIMIT (SELECT n FROM share)
+       FOR UPDATE OF f SKIP LOCKED
 )
-SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.parent_generation,
-       f.root_node, f.node_id, f.generation, f.results, f.state, f.first_done, f.version,
-       i.status AS instance_status, extract(epoch FROM now())::float8 AS db_now,
-       (SELECT backlog FROM share) AS backlog
-  FROM df._fibers f
-  JOIN df.instances i ON i.id = f.instance_id
- WHERE f.status = 'ready' AND f.run_at <= now()
-   AND (%(lanes)s = 1 OR (SELECT backlog FROM share) < 4 * %(lanes)s
-        OR mod(abs(hashtext(f.scope)::bigint), %(lanes)s) = %(lane)s)
- ORDER BY f.run_at
- LIMIT (SELECT n FROM share)
-   FOR UPDATE OF f SKIP LOCKED
+-- A new instance's graph comes with its first claim (see load_instances): no worker has it
+-- cached yet, and it saves a round trip between df.start and the first step. Loaded once the
+-- rows are locked, not while they are being found: the longer a claim takes from reading a
+-- row to locking it, the likelier the row has changed meanwhile, and a claim keeps the lock
+-- of a row it took but no longer wants (df._wake_for_signal in 35_signals.sql).
+SELECT c.*,
+       CASE WHEN c.parent_scope IS NULL AND c.state ? 'start' THEN
+           (SELECT to_jsonb(l) FROM df._load_instances(ARRAY[c.instance_id::text]) l)
+       END AS loaded
+  FROM claimed c
 
 -- name: claim_scope
 -- Claim a fiber again (to run it alone, or after its autocommit statement), if nobody took
@@ -64,29 +75,7 @@ UPDATE df._fibers SET run_at = now() + make_interval(secs => %(seconds)s)
 
 -- name: load_instances
 -- Instances to run, with their graphs (a batch loads all it has not cached in one query).
--- The role's own settings (ALTER ROLE … SET, also … IN DATABASE — the database its steps run
--- in) apply to its steps as they would to a session of the role; the database's own apply to
--- the worker's connections to it already.
-SELECT i.id, i.root_node, i.label, i.database,
-       i.database = current_database() AS same_database,
-       i.submitted_by::oid AS role_oid, r.rolname, r.rolsuper, s.vars,
-       coalesce(current_setting('pg_durable.enable_superuser_instances', true), 'off')
-           AS superuser_setting,
-       ARRAY(SELECT c.setting
-               FROM pg_catalog.pg_db_role_setting d,
-                    LATERAL unnest(d.setconfig) WITH ORDINALITY AS c(setting, n)
-              WHERE d.setrole = i.submitted_by::oid
-                AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
-                                           WHERE datname = coalesce(i.database,
-                                                                    current_database())))
-              ORDER BY d.setdatabase, c.n) AS role_settings,
-       (SELECT json_agg(json_build_array(n.id, n.node_type, n.query, n.result_name,
-                                         n.left_node, n.right_node))
-          FROM df.nodes n WHERE n.instance_id = i.id) AS nodes
-  FROM df.instances i
-  LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
-  LEFT JOIN df._instance_state s ON s.instance_id = i.id
- WHERE i.id = ANY (%(instance_ids)s)
+SELECT * FROM df._load_instances(%(instance_ids)s)
 
 -- name: children
 SELECT scope, branch, root_node, outcome, results
@@ -130,6 +119,16 @@ DELETE FROM df._signals
                                   WHERE i.id = s.instance_id
                                     AND i.status IN ('pending', 'running'))
                LIMIT 1000)
+
+-- name: wake_signalled
+-- Fibers that still wait for a signal given to them: df.signal could not wake them (another
+-- transaction held the fiber longer than it waits; df._wake_for_signal in 35_signals.sql).
+UPDATE df._fibers SET run_at = now()
+ WHERE scope IN (SELECT f.scope
+                   FROM df._signals s
+                   JOIN df._fibers f ON f.scope = s.scope AND f.awaiting = s.name
+                  WHERE s.scope IS NOT NULL AND f.run_at > now()
+                    FOR UPDATE OF f SKIP LOCKED)
 
 -- name: prune_finished
 -- One batch of finished instances past the retention period (70_retention.sql).

@@ -67,6 +67,7 @@ CREATE FUNCTION df._on_signal_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     waiting text[];
+    fiber   text;
 BEGIN
     PERFORM df._signal_lock(NEW.instance_id);
     -- Counted under the lock, so concurrent senders cannot both slip under the limit.
@@ -85,14 +86,28 @@ BEGIN
     UPDATE df._signals SET scope = waiting[1] WHERE id = NEW.id;
     INSERT INTO df._signals (instance_id, name, data, scope)
     SELECT NEW.instance_id, NEW.name, NEW.data, w FROM unnest(waiting[2:]) w;
-    -- Wake them. A fiber a worker holds right now is skipped, not waited for (that worker may
-    -- be waiting for this lock): it looks into the inbox under this lock before it commits.
-    UPDATE df._fibers SET run_at = now()
-     WHERE scope IN (SELECT f.scope FROM df._fibers f
-                      WHERE f.scope = ANY (waiting) AND f.awaiting = NEW.name
-                        FOR UPDATE SKIP LOCKED);
+    -- Wake them (df._wake_for_signal).
+    FOREACH fiber IN ARRAY waiting LOOP
+        PERFORM df._wake_for_signal(fiber, NEW.name);
+    END LOOP;
     PERFORM pg_notify('pg_durable', 'work');
     RETURN NULL;
+END
+$$;
+
+-- Wake a fiber that waits for the signal just given to it. A fiber another transaction holds
+-- is waited for, but only a moment: a worker's claim that looked at the row in passing (read
+-- before the fiber began to wait, locked after) keeps the lock until its transaction ends,
+-- soon; a worker that holds the fiber to run it may be waiting for the signal lock this
+-- transaction holds — it looks into the inbox under that lock before it commits, so it needs
+-- no wake. Whatever was not woken here (a passing lock held longer) the workers' sweep wakes
+-- (the wake_signalled query).
+CREATE FUNCTION df._wake_for_signal(p_scope text, p_name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+BEGIN
+    UPDATE df._fibers SET run_at = now() WHERE scope = p_scope AND awaiting = p_name;
+EXCEPTION WHEN lock_not_available THEN
+    NULL;
 END
 $$;
 CREATE TRIGGER signals_deliver AFTER INSERT ON df._signals
@@ -141,3 +156,4 @@ $$;
 
 REVOKE ALL ON FUNCTION df._signal_lock(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_signal_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._wake_for_signal(text, text) FROM PUBLIC;

@@ -387,6 +387,37 @@ BEGIN
 END
 $$;
 
+-- Instances as the worker runs them: graph, role, variables (the claim and load_instances
+-- queries). The role's own settings (ALTER ROLE … SET, also … IN DATABASE — the database its
+-- steps run in) apply to its steps as they would to a session of the role; the database's own
+-- apply to the worker's connections to it already.
+CREATE FUNCTION df._load_instances(p_ids text[])
+RETURNS TABLE (id varchar, root_node varchar, label text, database text, same_database boolean,
+               role_oid oid, rolname name, rolsuper boolean, vars jsonb,
+               superuser_setting text, role_settings text[], nodes json)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT i.id, i.root_node, i.label, i.database,
+       i.database = current_database() AS same_database,
+       i.submitted_by::oid AS role_oid, r.rolname, r.rolsuper, s.vars,
+       coalesce(current_setting('pg_durable.enable_superuser_instances', true), 'off')
+           AS superuser_setting,
+       ARRAY(SELECT c.setting
+               FROM pg_catalog.pg_db_role_setting d,
+                    LATERAL unnest(d.setconfig) WITH ORDINALITY AS c(setting, n)
+              WHERE d.setrole = i.submitted_by::oid
+                AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
+                                           WHERE datname = coalesce(i.database,
+                                                                    current_database())))
+              ORDER BY d.setdatabase, c.n) AS role_settings,
+       (SELECT json_agg(json_build_array(n.id, n.node_type, n.query, n.result_name,
+                                         n.left_node, n.right_node))
+          FROM df.nodes n WHERE n.instance_id = i.id) AS nodes
+  FROM df.instances i
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
+  LEFT JOIN df._instance_state s ON s.instance_id = i.id
+ WHERE i.id = ANY (p_ids)
+$$;
+
 -- A cancelled instance (df.cancel) gives up, in the same transaction, everything that waits:
 -- its fibers — a timer due next week, a wait for a signal — and its inbox. A fiber a worker
 -- holds right now is skipped; that worker finds it stale when it commits, and the worker
@@ -451,6 +482,7 @@ REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._load_instances(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_cancel() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._guard_instance_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._schedule_tick(text) FROM PUBLIC;
