@@ -1,43 +1,8 @@
 -- Every statement the worker runs, by name. Looked up by pg_durable.queries.
 
 -- name: claim
--- Take the runnable fibers that are due first; the row locks last for the whole transaction.
--- How many: the backlog's share of this worker's slots, between 1 and the batch size — so
--- that a few runnable fibers (the branches of a JOIN) go to several slots and really run at
--- once, while a long queue is worked off in batches. Counting stops where the answer would.
--- backlog tells the worker whether there is more than it took (then another slot looks).
--- With a long queue each slot takes from its own lane (a hash of the scope), so that slots
--- do not all queue up for the same first rows and skip each other's locks one by one.
-WITH share AS (
-    SELECT greatest(1, least(%(batch_size)s, count(*) / %(slots)s)) AS n, count(*) AS backlog
-      FROM (SELECT 1 FROM df._fibers
-             WHERE status = 'ready' AND run_at <= now()
-             ORDER BY run_at  -- by the index, not a scan through dead rows of past fibers
-             LIMIT %(batch_size)s * %(slots)s) backlog
-), claimed AS (
-    SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
-           f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
-           f.first_done, f.version, i.status AS instance_status,
-           extract(epoch FROM now())::float8 AS db_now, (SELECT backlog FROM share) AS backlog
-      FROM df._fibers f
-      JOIN df.instances i ON i.id = f.instance_id
-     WHERE f.status = 'ready' AND f.run_at <= now()
-       AND (%(lanes)s = 1 OR (SELECT backlog FROM share) < 4 * %(lanes)s
-            OR mod(abs(hashtext(f.scope)::bigint), %(lanes)s) = %(lane)s)
-     ORDER BY f.run_at
-     LIMIT (SELECT n FROM share)
-       FOR UPDATE OF f SKIP LOCKED
-)
--- A new instance's graph comes with its first claim (see load_instances): no worker has it
--- cached yet, and it saves a round trip between df.start and the first step. Loaded once the
--- rows are locked, not while they are being found: the longer a claim takes from reading a
--- row to locking it, the likelier the row has changed meanwhile, and a claim keeps the lock
--- of a row it took but no longer wants (df._wake_for_signal in 35_signals.sql).
-SELECT c.*,
-       CASE WHEN c.parent_scope IS NULL AND c.state ? 'start' THEN
-           (SELECT to_jsonb(l) FROM df._load_instances(ARRAY[c.instance_id::text]) l)
-       END AS loaded
-  FROM claimed c
+-- This slot's share of the runnable fibers, locked for the transaction (df._claim).
+SELECT * FROM df._claim(%(batch_size)s, %(slots)s, %(lanes)s, %(lane)s)
 
 -- name: claim_scope
 -- Claim a fiber again (to run it alone, or after its autocommit statement), if nobody took

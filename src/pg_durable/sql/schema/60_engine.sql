@@ -192,11 +192,24 @@ CREATE FUNCTION df._apply_moves(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
-    starting text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
-                              WHERE (x->>'mark_running')::boolean);
     finished text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
                               WHERE jsonb_typeof(x->'instance') = 'object');
+    -- (An instance that starts and finishes here — one quick step — is written once, as
+    -- finished.)
+    starting text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
+                              WHERE (x->>'mark_running')::boolean
+                                AND jsonb_typeof(x->'instance') IS DISTINCT FROM 'object');
+    -- What the plans hold besides stamps: a statement that would change nothing still costs
+    -- its start-up, and a batch of one (a lone step) is the usual case.
+    moving   boolean;
+    consumed boolean;
+    counted  boolean;
 BEGIN
+    SELECT coalesce(bool_or(jsonb_typeof(x->'fiber') = 'object'), false),
+           coalesce(bool_or(jsonb_array_length(x->'deletes') > 0), false),
+           coalesce(bool_or(x ? 'execution_count'), false)
+      INTO moving, consumed, counted
+      FROM unnest(p_plans) x;
     IF cardinality(starting) > 0 THEN
         -- Each found by primary key: joined, not "id = ANY", and with a status test
         -- idx_instances_status cannot serve — planned from statistics taken while nothing
@@ -224,33 +237,40 @@ BEGIN
               FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
              GROUP BY 1) s
      WHERE n.instance_id = s.instance_id AND n.id = ANY (s.ids);
-    UPDATE df._fibers f
-       SET node_id = x->'fiber'->>'node_id',
-           status = x->'fiber'->>'status',
-           run_at = greatest(clock_timestamp()
-                             + make_interval(secs => (x->'fiber'->>'delay')::float8),
-                             coalesce(to_timestamp((x->'fiber'->>'not_before')::float8),
-                                      '-infinity')),
-           generation = (x->'fiber'->>'generation')::int,
-           results = x->'fiber'->'results',
-           state = x->'fiber'->'state',
-           pending = (x->'fiber'->>'pending')::int,
-           wake_at_pending = (x->'fiber'->>'wake_at_pending')::int,
-           first_done = NULL,
-           outcome = x->'fiber'->'outcome',
-           awaiting = x->'fiber'->>'awaiting',
-           version = f.version + 1,
-           updated_at = now()
-      FROM unnest(p_plans) x
-     WHERE jsonb_typeof(x->'fiber') = 'object' AND f.scope = x->>'scope';
-    -- Finished children their parents consumed.
-    DELETE FROM df._fibers
-     WHERE scope IN (SELECT jsonb_array_elements_text(x->'deletes') FROM unnest(p_plans) x);
-    -- Root loops report their iterations while they run (df.list_instances' execution_count).
-    UPDATE df._instance_state s
-       SET execution_count = (x->>'execution_count')::bigint
-      FROM unnest(p_plans) x
-     WHERE x ? 'execution_count' AND s.instance_id = x->>'instance_id';
+    IF moving THEN
+        UPDATE df._fibers f
+           SET node_id = x->'fiber'->>'node_id',
+               status = x->'fiber'->>'status',
+               run_at = greatest(clock_timestamp()
+                                 + make_interval(secs => (x->'fiber'->>'delay')::float8),
+                                 coalesce(to_timestamp((x->'fiber'->>'not_before')::float8),
+                                          '-infinity')),
+               generation = (x->'fiber'->>'generation')::int,
+               results = x->'fiber'->'results',
+               state = x->'fiber'->'state',
+               pending = (x->'fiber'->>'pending')::int,
+               wake_at_pending = (x->'fiber'->>'wake_at_pending')::int,
+               first_done = NULL,
+               outcome = x->'fiber'->'outcome',
+               awaiting = x->'fiber'->>'awaiting',
+               version = f.version + 1,
+               updated_at = now()
+          FROM unnest(p_plans) x
+         WHERE jsonb_typeof(x->'fiber') = 'object' AND f.scope = x->>'scope';
+    END IF;
+    IF consumed THEN
+        -- Finished children their parents consumed.
+        DELETE FROM df._fibers
+         WHERE scope IN (SELECT jsonb_array_elements_text(x->'deletes') FROM unnest(p_plans) x);
+    END IF;
+    IF counted THEN
+        -- Root loops report their iterations while they run (df.list_instances'
+        -- execution_count).
+        UPDATE df._instance_state s
+           SET execution_count = (x->>'execution_count')::bigint
+          FROM unnest(p_plans) x
+         WHERE x ? 'execution_count' AND s.instance_id = x->>'instance_id';
+    END IF;
     IF cardinality(finished) = 0 THEN
         RETURN;
     END IF;
@@ -267,6 +287,7 @@ BEGIN
     UPDATE df._instance_state s
        SET output = x->'instance'->>'output',
            execution_count = (x->'instance'->>'execution_count')::bigint,
+           started_at = coalesce(s.started_at, now()),
            finished_at = now()
       FROM unnest(p_plans) x
      WHERE jsonb_typeof(x->'instance') = 'object' AND s.instance_id = x->>'instance_id';
@@ -355,6 +376,63 @@ BEGIN
         'at', extract(epoch FROM df._cron_next(p_expr, now(), df._cron_timezone())));
 EXCEPTION WHEN OTHERS THEN
     RETURN jsonb_build_object('error', SQLERRM);
+END
+$$;
+
+-- Take the runnable fibers that are due first; the row locks last for the whole transaction.
+-- How many: the backlog's share of this worker's slots, between 1 and the batch size — so
+-- that a few runnable fibers (the branches of a JOIN) go to several slots and really run at
+-- once, while a long queue is worked off in batches. Counting stops where the answer would.
+-- backlog tells the worker whether there is more than it took (then another slot looks).
+-- With a long queue each slot takes from its own lane (a hash of the scope), so that slots
+-- do not all queue up for the same first rows and skip each other's locks one by one.
+-- A function, so that its plan is made once per session, not at every claim (the worker's
+-- step connections use no prepared statements: a step may DEALLOCATE ALL); a generic plan,
+-- and rows of df.instances found by primary key whatever the statistics say.
+CREATE FUNCTION df._claim(p_batch_size int, p_slots int, p_lanes int, p_lane int)
+RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
+               spawned_at_node varchar, parent_generation int, root_node varchar,
+               node_id varchar, generation int, results jsonb, state jsonb, first_done text,
+               version bigint, instance_status text, db_now float8, backlog bigint,
+               loaded jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH share AS (
+        SELECT greatest(1, least(p_batch_size, count(*) / p_slots)) AS n, count(*) AS backlog
+          FROM (SELECT 1 FROM df._fibers
+                 WHERE status = 'ready' AND run_at <= now()
+                 ORDER BY run_at  -- by the index, not a scan through dead rows of past fibers
+                 LIMIT p_batch_size * p_slots) backlog
+    ), claimed AS (
+        SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
+               f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
+               f.first_done, f.version, i.status AS instance_status,
+               extract(epoch FROM now())::float8 AS db_now,
+               (SELECT backlog FROM share) AS backlog
+          FROM df._fibers f
+          JOIN df.instances i ON i.id = f.instance_id
+         WHERE f.status = 'ready' AND f.run_at <= now()
+           AND (p_lanes = 1 OR (SELECT backlog FROM share) < 4 * p_lanes
+                OR mod(abs(hashtext(f.scope)::bigint), p_lanes) = p_lane)
+         ORDER BY f.run_at
+         LIMIT (SELECT n FROM share)
+           FOR UPDATE OF f SKIP LOCKED
+    )
+    -- A new instance's graph comes with its first claim (see load_instances): no worker has
+    -- it cached yet, and it saves a round trip between df.start and the first step. Loaded
+    -- once the rows are locked, not while they are being found: the longer a claim takes from
+    -- reading a row to locking it, the likelier the row has changed meanwhile, and a claim
+    -- keeps the lock of a row it took but no longer wants (df._wake_for_signal in
+    -- 35_signals.sql).
+    SELECT c.*,
+           CASE WHEN c.parent_scope IS NULL AND c.state ? 'start' THEN
+               (SELECT to_jsonb(l) FROM df._load_instances(ARRAY[c.instance_id::text]) l)
+           END AS loaded
+      FROM claimed c;
 END
 $$;
 
@@ -481,6 +559,7 @@ REVOKE ALL ON FUNCTION df._drop_fibers(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._claim(int, int, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._load_instances(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._on_instance_cancel() FROM PUBLIC;
