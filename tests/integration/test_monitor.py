@@ -478,6 +478,35 @@ def test_instance_executions(conn: Conn, worker: WorkerThread) -> None:
     conn.execute("SELECT df.cancel(%s)", (pending,))
 
 
+def _started_and_finished(conn: Conn, iid: str) -> tuple[Any, Any]:
+    row = conn.execute(
+        "SELECT started_at, finished_at FROM df._instance_state WHERE instance_id = %s", (iid,)
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_an_instance_reads_running_before_a_statement_the_worker_does_not_know_runs(
+    conn: Conn, worker: WorkerThread
+) -> None:
+    """Marked running in a commit of its own, before its first statement runs — unless the
+    worker ran that statement lately and it was quick: then in the same commit as its result
+    (started_at and finished_at are the same transaction's now())."""
+    text = f"SELECT {secrets.randbelow(10**9)} AS n"
+    first, status = run_workflow(conn, f"'{text}'")
+    assert status == "completed"
+    started, finished = _started_and_finished(conn, first)
+    assert started < finished
+    again, status = run_workflow(conn, f"'{text}'")
+    assert status == "completed"
+    started, finished = _started_and_finished(conn, again)
+    assert started == finished
+    assert one(conn, "SELECT df.result(%s)::jsonb", (again,)) == {
+        "rows": [{"n": int(text.split()[1])}],
+        "row_count": 1,
+    }
+
+
 def test_instance_executions_of_a_root_loop(conn: Conn) -> None:
     iid = start(conn, "@> 'SELECT 1'")
     # As the worker records a root loop in its fourth iteration.

@@ -498,9 +498,16 @@ class Worker:
             if not rows:
                 slot.batch_started = None
                 return found
-            if len(rows) < _SMALL_BATCH and not gathered and self._busy():
-                # Work trickles in faster than a transaction each keeps up with: let it
-                # gather for a batch window and take it all in one batch.
+            if (
+                len(rows) < _SMALL_BATCH
+                and not gathered
+                and self._busy()
+                and not any(s.idle for s in self._slots if s is not slot)
+            ):
+                # Work trickles in faster than a transaction each keeps up with, and every
+                # other slot is at work: let it gather for a batch window and take it all in
+                # one batch. (With a slot idle, nothing is behind: a client that starts one
+                # workflow after the other's result would wait the window every time.)
                 await conn.execute("ROLLBACK")  # (releases them)
                 await self._sleep_or_stop(self.settings.batch_window)
                 gathered = True
