@@ -52,6 +52,29 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                         FOR UPDATE SKIP LOCKED);
 $$;
 
+-- Write the node stamps of plans (their "stamps": status, result, execution_id, details) in
+-- one statement. Grouped per instance, each row found by primary key (id = ANY) and reading
+-- its stamp from an object keyed by node id: joined one by one to df.nodes, the stamps got
+-- planned as a scan of every node of the instance against the list of stamps (a long sequence
+-- or a big loop then paid for all of its nodes on every step); one UPDATE per stamp pays the
+-- statement's set-up, CHECK constraints included, every time.
+CREATE FUNCTION df._write_stamps(p_plans jsonb[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+    UPDATE df.nodes n
+       SET status = s.o->n.id->>'status',
+           result = (s.o->n.id->>'result')::jsonb,
+           -- (details: a RETRY's attempts; a stamp without any has no such key.)
+           status_details = jsonb_build_object('execution_id', s.o->n.id->>'execution_id')
+                            || coalesce(s.o->n.id->'details', '{}'),
+           updated_at = now()
+      FROM (SELECT x->>'instance_id' AS instance_id, jsonb_object_agg(st->>'id', st) AS o,
+                   array_agg(st->>'id') AS ids
+              FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
+             GROUP BY 1) s
+     WHERE n.instance_id = s.instance_id AND n.id = ANY (s.ids);
+$$;
+
 -- Apply one step's plan (see _plan_json in engine/executor.py for its JSON shape). Returns
 -- whether it woke a parent fiber. Raises SQLSTATE PD001 when the fiber turns out to be stale.
 CREATE FUNCTION df._apply_plan(p jsonb) RETURNS boolean
@@ -71,20 +94,8 @@ BEGIN
         UPDATE df._instance_state SET started_at = now() WHERE instance_id = v_instance;
     END IF;
 
-    -- All stamps in one statement, found by primary key (= ANY); each row reads its stamp
-    -- from an object keyed by node id. (Joining the stamps' recordset instead gets planned
-    -- for a hundred rows and scans df.nodes; one UPDATE per stamp pays the statement's set-up,
-    -- CHECK constraints included, every time.)
     IF jsonb_array_length(coalesce(p->'stamps', '[]')) > 0 THEN
-        UPDATE df.nodes n
-           SET status = x.o->n.id->>'status',
-               result = (x.o->n.id->>'result')::jsonb,
-               status_details = jsonb_build_object('execution_id', x.o->n.id->>'execution_id')
-                                || coalesce(x.o->n.id->'details', '{}'),
-               updated_at = now()
-          FROM (SELECT jsonb_object_agg(e->>'id', e) AS o, array_agg(e->>'id') AS ids
-                  FROM jsonb_array_elements(p->'stamps') e) x
-         WHERE n.instance_id = v_instance AND n.id = ANY (x.ids);
+        PERFORM df._write_stamps(ARRAY[p]);
     END IF;
 
     IF jsonb_array_length(coalesce(p->'spawns', '[]')) > 0 THEN
@@ -221,22 +232,7 @@ BEGIN
           FROM unnest(starting) s(id)
          WHERE st.instance_id = s.id;
     END IF;
-    -- The stamps grouped per instance and found by primary key (id = ANY), as in
-    -- df._apply_plan: joined one by one to df.nodes, they got planned as a scan of every node
-    -- of the instance against the list of stamps — a long sequence or a big loop then paid
-    -- for all of its nodes on every step.
-    UPDATE df.nodes n
-       SET status = s.o->n.id->>'status',
-           result = (s.o->n.id->>'result')::jsonb,
-           -- (details: a RETRY's attempts; a stamp without any has no such key.)
-           status_details = jsonb_build_object('execution_id', s.o->n.id->>'execution_id')
-                            || coalesce(s.o->n.id->'details', '{}'),
-           updated_at = now()
-      FROM (SELECT x->>'instance_id' AS instance_id, jsonb_object_agg(st->>'id', st) AS o,
-                   array_agg(st->>'id') AS ids
-              FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
-             GROUP BY 1) s
-     WHERE n.instance_id = s.instance_id AND n.id = ANY (s.ids);
+    PERFORM df._write_stamps(p_plans);
     IF moving THEN
         UPDATE df._fibers f
            SET node_id = x->'fiber'->>'node_id',
@@ -556,6 +552,7 @@ $$;
 
 REVOKE ALL ON FUNCTION df._fiber_alive(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._drop_fibers(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._write_stamps(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
