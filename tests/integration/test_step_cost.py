@@ -60,8 +60,16 @@ def _blocks_per_step(dsn: str, start_worker: Callable[..., WorkerThread], instan
                 break
             assert time.monotonic() < deadline, f"{row[0]} of {row[1]} completed"
             time.sleep(0.2)
-        # A backend reports its counters when it exits, at the latest.
+        # A backend reports its counters when it exits, at the latest — before it leaves
+        # pg_stat_activity, which a client's closing the connection does not wait for.
         worker.stop()
+        deadline = time.monotonic() + 30
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'pg_durable:worker:%'"
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the worker's sessions did not end"
+            time.sleep(0.05)
         conn.execute("SELECT pg_stat_clear_snapshot()")
         return (_blocks(conn) - before) / (instances * _STEPS)
 
