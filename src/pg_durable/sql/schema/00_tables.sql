@@ -180,7 +180,7 @@ CREATE TABLE df._fibers (
     awaiting          text,
     version           bigint NOT NULL DEFAULT 0,
     updated_at        timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 50);  -- room for HOT updates: a fiber is written at every step
 CREATE INDEX _fibers_ready ON df._fibers (run_at) WHERE status = 'ready';
 CREATE INDEX _fibers_instance ON df._fibers (instance_id);
 CREATE INDEX _fibers_parent ON df._fibers (parent_scope) WHERE parent_scope IS NOT NULL;

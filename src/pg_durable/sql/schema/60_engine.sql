@@ -1,6 +1,17 @@
 -- pg_durable: the engine's state transitions. The worker decides in Python what a step changes
 -- (graph/interpreter.py builds a plan); df._commit_steps is the one place that writes it, in
 -- the same transaction as the step's own statement. Nothing here is granted to anyone.
+--
+-- Two rules keep a step's cost flat, whatever the work in flight:
+-- * Rows are found by primary key whatever the statistics say. They lag the work: tables
+--   analyzed while little ran say that no instance is pending and no fiber ready, and planned
+--   from that a join by primary key can turn into a scan of every pending instance for each
+--   row of a batch (seen: 156 ms for a batch of 64 with 10,000 instances pending). So the
+--   functions on the hot path run with sequential scans, hash and merge joins off, and test
+--   statuses in a form that a status index cannot serve.
+-- * Functions are PL/pgSQL, whose statements are planned once per session. A LANGUAGE sql
+--   function with a SET clause is never inlined, and its statements are planned anew at
+--   every call.
 
 -- Whether a fiber's step may still commit: the instance still runs and every ancestor of the
 -- fiber still waits for it (a losing RACE branch, or a fiber of a cancelled or finished
@@ -44,12 +55,14 @@ $$;
 -- Remove a fiber and every fiber below it, except rows another worker holds right now (their
 -- own commit finds them stale and removes them).
 CREATE FUNCTION df._drop_fibers(p_instance text, p_scope text) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     DELETE FROM df._fibers
      WHERE scope IN (SELECT x.scope FROM df._fibers x
                       WHERE x.instance_id = p_instance
                         AND (x.scope = p_scope OR left(x.scope, length(p_scope) + 2) = p_scope || '::')
                         FOR UPDATE SKIP LOCKED);
+END
 $$;
 
 -- Write the node stamps of plans (their "stamps": status, result, execution_id, details) in
@@ -59,8 +72,9 @@ $$;
 -- or a big loop then paid for all of its nodes on every step); one UPDATE per stamp pays the
 -- statement's set-up, CHECK constraints included, every time.
 CREATE FUNCTION df._write_stamps(p_plans jsonb[]) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp
-SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+BEGIN
     UPDATE df.nodes n
        SET status = s.o->n.id->>'status',
            result = (s.o->n.id->>'result')::jsonb,
@@ -73,12 +87,60 @@ SET enable_hashjoin = off SET enable_mergejoin = off AS $$
               FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
              GROUP BY 1) s
      WHERE n.instance_id = s.instance_id AND n.id = ANY (s.ids);
+END
+$$;
+
+-- Write the fibers of plans (their "fiber": where it stands now, what it holds) in one
+-- statement; returns each fiber's scope and parent scope. A fiber that goes on at once keeps
+-- its run_at: then no indexed column changes, and the update is a HOT one (no new entries in
+-- the fiber's four indexes) where its page has room — most of them, with the table's
+-- fillfactor. Where it stands in the queue does not change either: the worker claims it again
+-- by its scope, at once (claim_continued).
+CREATE FUNCTION df._write_fibers(p_plans jsonb[]) RETURNS TABLE (scope text, parent_scope text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH written AS (
+        UPDATE df._fibers f
+           SET node_id = m.node_id,
+               status = m.status,
+               run_at = CASE WHEN m.status = 'ready' AND m.delay = 0 AND m.not_before IS NULL
+                                  AND f.status = 'ready' AND f.run_at <= now()
+                             THEN f.run_at
+                             ELSE greatest(clock_timestamp() + make_interval(secs => m.delay),
+                                           coalesce(to_timestamp(m.not_before), '-infinity'))
+                        END,
+               generation = m.generation,
+               results = m.results,
+               state = m.state,
+               pending = m.pending,
+               wake_at_pending = m.wake_at_pending,
+               first_done = NULL,
+               outcome = m.outcome,
+               awaiting = m.awaiting,
+               version = f.version + 1,
+               updated_at = now()
+          FROM (SELECT x->>'scope' AS scope, r.*
+                  FROM unnest(p_plans) x,
+                       jsonb_to_record(x->'fiber')
+                           AS r(node_id text, status text, delay float8, not_before float8,
+                                generation int, results jsonb, state jsonb, pending int,
+                                wake_at_pending int, outcome jsonb, awaiting text)
+                 WHERE jsonb_typeof(x->'fiber') = 'object') m
+         WHERE f.scope = m.scope
+        RETURNING f.scope, f.parent_scope
+    )
+    SELECT w.scope, w.parent_scope FROM written w;
+END
 $$;
 
 -- Apply one step's plan (see _plan_json in engine/executor.py for its JSON shape). Returns
 -- whether it woke a parent fiber. Raises SQLSTATE PD001 when the fiber turns out to be stale.
 CREATE FUNCTION df._apply_plan(p jsonb) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     v_instance text := p->>'instance_id';
     v_scope    text := p->>'scope';
@@ -129,23 +191,7 @@ BEGIN
     IF f IS NULL OR jsonb_typeof(f) = 'null' THEN
         DELETE FROM df._fibers WHERE scope = v_scope;
     ELSE
-        UPDATE df._fibers
-           SET node_id = f->>'node_id',
-               status = f->>'status',
-               run_at = greatest(clock_timestamp() + make_interval(secs => (f->>'delay')::float8),
-                                 coalesce(to_timestamp((f->>'not_before')::float8), '-infinity')),
-               generation = (f->>'generation')::int,
-               results = f->'results',
-               state = f->'state',
-               pending = (f->>'pending')::int,
-               wake_at_pending = (f->>'wake_at_pending')::int,
-               first_done = NULL,
-               outcome = f->'outcome',
-               awaiting = f->>'awaiting',
-               version = version + 1,
-               updated_at = now()
-         WHERE scope = v_scope
-        RETURNING parent_scope INTO v_parent;
+        SELECT w.parent_scope INTO v_parent FROM df._write_fibers(ARRAY[p]) w;
         IF f->>'status' = 'done' AND v_parent IS NOT NULL THEN
             -- Serialised by the parent's row lock: of two siblings finishing at once, the
             -- second sees the first's update (and, for a RACE, that it lost).
@@ -201,7 +247,7 @@ $$;
 -- stamps.
 CREATE FUNCTION df._apply_moves(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     finished text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
                               WHERE jsonb_typeof(x->'instance') = 'object');
@@ -234,25 +280,7 @@ BEGIN
     END IF;
     PERFORM df._write_stamps(p_plans);
     IF moving THEN
-        UPDATE df._fibers f
-           SET node_id = x->'fiber'->>'node_id',
-               status = x->'fiber'->>'status',
-               run_at = greatest(clock_timestamp()
-                                 + make_interval(secs => (x->'fiber'->>'delay')::float8),
-                                 coalesce(to_timestamp((x->'fiber'->>'not_before')::float8),
-                                          '-infinity')),
-               generation = (x->'fiber'->>'generation')::int,
-               results = x->'fiber'->'results',
-               state = x->'fiber'->'state',
-               pending = (x->'fiber'->>'pending')::int,
-               wake_at_pending = (x->'fiber'->>'wake_at_pending')::int,
-               first_done = NULL,
-               outcome = x->'fiber'->'outcome',
-               awaiting = x->'fiber'->>'awaiting',
-               version = f.version + 1,
-               updated_at = now()
-          FROM unnest(p_plans) x
-         WHERE jsonb_typeof(x->'fiber') = 'object' AND f.scope = x->>'scope';
+        PERFORM df._write_fibers(p_plans);
     END IF;
     IF consumed THEN
         -- Finished children their parents consumed.
@@ -300,7 +328,8 @@ $$;
 -- own statement has committed or will commit with this transaction either way — like a step
 -- of pg_durable that was in flight when its instance was cancelled or its RACE decided.
 CREATE FUNCTION df._commit_steps(p_plans jsonb) RETURNS SETOF text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     p        jsonb;
     v_notify boolean := false;
@@ -392,8 +421,8 @@ RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                version bigint, instance_status text, db_now float8, backlog bigint,
                loaded jsonb)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan SET enable_hashjoin = off SET enable_mergejoin = off
-AS $$
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -433,31 +462,26 @@ END
 $$;
 
 -- Claim the fibers of a list again, those still runnable and not held elsewhere (see the
--- claim_continued query). One primary-key lookup each: as one query, a planner that believes
--- few fibers are runnable (statistics lag behind a queue that fills fast) would rather read
--- every runnable fiber through _fibers_ready. For the same reason the status test is one
--- that partial index cannot serve, and the instance is found by its primary key, never by a
--- hash join over a scan of df.instances.
+-- claim_continued query), each by its primary key: the status test is one that the partial
+-- index _fibers_ready cannot serve (a planner that believes few fibers are runnable would
+-- rather read every runnable fiber through it), and the instance is found by its primary key.
 CREATE FUNCTION df._claim_fibers(p_scopes text[])
 RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                spawned_at_node varchar, parent_generation int, root_node varchar,
                node_id varchar, generation int, results jsonb, state jsonb, first_done text,
                version bigint, instance_status text, db_now float8)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
-DECLARE
-    wanted text;
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off AS $$
 BEGIN
-    FOREACH wanted IN ARRAY p_scopes LOOP
-        RETURN QUERY
-        SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
-               f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
-               f.first_done, f.version, i.status, extract(epoch FROM now())::float8
-          FROM df._fibers f
-          JOIN df.instances i ON i.id = f.instance_id
-         WHERE f.scope = wanted AND (f.status = 'ready') IS TRUE AND f.run_at <= now()
-           FOR UPDATE OF f SKIP LOCKED;
-    END LOOP;
+    RETURN QUERY
+    SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
+           f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
+           f.first_done, f.version, i.status, extract(epoch FROM now())::float8
+      FROM df._fibers f
+      JOIN df.instances i ON i.id = f.instance_id
+     WHERE f.scope = ANY (p_scopes) AND (f.status = 'ready') IS TRUE AND f.run_at <= now()
+       FOR UPDATE OF f SKIP LOCKED;
 END
 $$;
 
@@ -469,27 +493,32 @@ CREATE FUNCTION df._load_instances(p_ids text[])
 RETURNS TABLE (id varchar, root_node varchar, label text, database text, same_database boolean,
                role_oid oid, rolname name, rolsuper boolean, vars jsonb,
                superuser_setting text, role_settings text[], nodes json)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-SELECT i.id, i.root_node, i.label, i.database,
-       i.database = current_database() AS same_database,
-       i.submitted_by::oid AS role_oid, r.rolname, r.rolsuper, s.vars,
-       coalesce(current_setting('pg_durable.enable_superuser_instances', true), 'off')
-           AS superuser_setting,
-       ARRAY(SELECT c.setting
-               FROM pg_catalog.pg_db_role_setting d,
-                    LATERAL unnest(d.setconfig) WITH ORDINALITY AS c(setting, n)
-              WHERE d.setrole = i.submitted_by::oid
-                AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
-                                           WHERE datname = coalesce(i.database,
-                                                                    current_database())))
-              ORDER BY d.setdatabase, c.n) AS role_settings,
-       (SELECT json_agg(json_build_array(n.id, n.node_type, n.query, n.result_name,
-                                         n.left_node, n.right_node))
-          FROM df.nodes n WHERE n.instance_id = i.id) AS nodes
-  FROM df.instances i
-  LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
-  LEFT JOIN df._instance_state s ON s.instance_id = i.id
- WHERE i.id = ANY (p_ids)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT i.id, i.root_node, i.label, i.database,
+           i.database = current_database() AS same_database,
+           i.submitted_by::oid AS role_oid, r.rolname, r.rolsuper, s.vars,
+           coalesce(current_setting('pg_durable.enable_superuser_instances', true), 'off')
+               AS superuser_setting,
+           ARRAY(SELECT c.setting
+                   FROM pg_catalog.pg_db_role_setting d,
+                        LATERAL unnest(d.setconfig) WITH ORDINALITY AS c(setting, n)
+                  WHERE d.setrole = i.submitted_by::oid
+                    AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database
+                                               WHERE datname = coalesce(i.database,
+                                                                        current_database())))
+                  ORDER BY d.setdatabase, c.n) AS role_settings,
+           (SELECT json_agg(json_build_array(n.id, n.node_type, n.query, n.result_name,
+                                             n.left_node, n.right_node))
+              FROM df.nodes n WHERE n.instance_id = i.id) AS nodes
+      FROM df.instances i
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by::oid
+      LEFT JOIN df._instance_state s ON s.instance_id = i.id
+     WHERE i.id = ANY (p_ids);
+END
 $$;
 
 -- A cancelled instance (df.cancel) gives up, in the same transaction, everything that waits:
@@ -553,6 +582,7 @@ $$;
 REVOKE ALL ON FUNCTION df._fiber_alive(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._drop_fibers(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._write_stamps(jsonb[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._write_fibers(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
