@@ -200,6 +200,26 @@ def test_result_shape_and_type_mapping(conn: Conn, worker: WorkerThread) -> None
     assert row["u"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" and row["t"] is True
 
 
+def test_rows_of_plain_types_are_their_own_result_text(conn: Conn, worker: WorkerThread) -> None:
+    # Rows whose columns are all ints, text, bool, uuid or dates are taken as row_to_json
+    # printed them (sqlresult._VERBATIM), not rebuilt: the text must be the very one that
+    # rebuilding them gives — PostgreSQL's escapes are Python's.
+    text = "".join(chr(c) for c in range(1, 128)) + "é€😀\u2028\u2029\ufeff\u00a0 ' \" \\"
+    conn.execute("CREATE TABLE strings (v text)")
+    conn.execute("INSERT INTO strings VALUES (%s)", [text])
+    iid, status = run_workflow(
+        conn,
+        """'SELECT v AS "we""ird é", 9223372036854775807 AS n, NULL::int4 AS z, false AS b,
+                   ''2024-06-15''::date AS d, ''x''::name AS nm, ''y ''::char(3) AS c
+              FROM strings'""",
+    )
+    assert status == "completed", output_of(conn, iid)
+    row = {'we"ird é': text, "n": 9223372036854775807, "z": None, "b": False}
+    row |= {"d": "2024-06-15", "nm": "x", "c": "y  "}
+    expected = {"rows": [row], "row_count": 1}
+    assert output_of(conn, iid) == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+
+
 def test_unsupported_column_type_fails_with_spec_text(conn: Conn, worker: WorkerThread) -> None:
     iid, status = run_workflow(conn, "'SELECT ''1 day''::interval AS i'")
     assert status == "failed"

@@ -70,8 +70,11 @@ def test_values_are_taken_by_position_under_the_described_names() -> None:
 
 
 def test_a_row_that_does_not_match_the_description_fails_the_step() -> None:
+    # Taken as printed (plain types only), and rebuilt (a numeric column).
     with pytest.raises(StepError, match="2 columns where 1 were described"):
         build_result([Column("a", sr.INT4)], ['{"a":1,"b":2}'])
+    with pytest.raises(StepError, match="1 columns where 2 were described"):
+        build_result([Column("a", sr.INT4), Column("n", sr.NUMERIC)], ['{"a":1}'])
 
 
 # -- type mapping -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import psycopg
@@ -659,6 +659,8 @@ class Executor:
                 text,
                 instance_id=loaded.graph.instance_id,
                 scope=fiber.scope,
+                deadline=deadline,
+                step_timeout=self.step_timeout,
             )
         else:
             prepared = await self.sql.prepare(
@@ -668,11 +670,13 @@ class Executor:
                 instance_id=loaded.graph.instance_id,
                 scope=fiber.scope,
                 batched=batched,
+                deadline=deadline,
+                step_timeout=self.step_timeout,
             )
         if isinstance(prepared, Failed):
             run.interp.complete_step(prepared)
         else:
-            run.statement = replace(prepared, deadline=deadline, step_timeout=self.step_timeout)
+            run.statement = prepared
 
     async def _http_step(self, run: _Run, node: Node) -> None:
         """Complete an HTTP step with its response, once sent (run_single sends it, with no

@@ -82,9 +82,12 @@ class RemoteDatabases:
         *,
         instance_id: str,
         scope: str,
+        deadline: tuple[str, float] | None = None,
+        step_timeout: float = 0.0,
     ) -> Statement | Failed:
-        """Describe ``text`` in ``database`` as ``role`` sees it; a failure if the role may not
-        connect to the database, or the database is gone."""
+        """Describe ``text`` in ``database`` as ``role`` sees it, to run within ``deadline``
+        and ``step_timeout`` (see :class:`Statement`); a failure if the role may not connect
+        to the database, or the database is gone."""
         cur = await home.conn.execute(
             query("database_access"), {"database": database, "role": role.oid}
         )
@@ -102,7 +105,14 @@ class RemoteDatabases:
         )
         if isinstance(prepared, Statement):
             return Statement(
-                prepared.role, prepared.text, prepared.columns, instance_id, scope, database
+                prepared.role,
+                prepared.text,
+                prepared.columns,
+                instance_id,
+                scope,
+                database,
+                deadline,
+                step_timeout,
             )
         return prepared
 

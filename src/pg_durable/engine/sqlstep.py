@@ -156,8 +156,11 @@ class SqlSteps:
         instance_id: str,
         scope: str,
         batched: bool,
+        deadline: tuple[str, float] | None = None,
+        step_timeout: float = 0.0,
     ) -> Statement | Failed:
-        """Describe ``text`` as ``role`` sees it; a statement that cannot run (it does not
+        """Describe ``text`` as ``role`` sees it, to run within ``deadline`` and
+        ``step_timeout`` (see :class:`Statement`); a statement that cannot run (it does not
         parse, its result has a type pg_durable cannot map, its role is gone) is a failure."""
         try:
             await self.runner.ensure_function(conns.control, role)
@@ -178,7 +181,7 @@ class SqlSteps:
                 check_columns(columns, lambda oid: self._type_names.get(oid, str(oid)))
             except StepError as exc:
                 return Failed(str(exc))
-        return Statement(role, text, columns, instance_id, scope)
+        return Statement(role, text, columns, instance_id, scope, None, deadline, step_timeout)
 
     async def run(
         self,

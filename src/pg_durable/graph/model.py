@@ -12,8 +12,8 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from pg_durable.errors import GraphError
 
@@ -224,10 +224,10 @@ def _seconds(row: NodeRow) -> int:
     return seconds
 
 
-def _leaf(base: Node, row: NodeRow, config: Mapping[str, object]) -> Node:
+def _leaf(row: NodeRow, config: Mapping[str, object]) -> Node:
     """A WAIT_SCHEDULE, SIGNAL or HTTP node with the fields the worker reads from its config."""
     if row.node_type == "WAIT_SCHEDULE":
-        return replace(base, cron=_required_str(row, config, "cron_expr"))
+        return _node(row, cron=_required_str(row, config, "cron_expr"))
     if row.node_type == "SIGNAL":
         timeout = config.get("timeout_seconds")
         # (At most what df.wait_for_signal takes, an int: a deadline past what a timestamptz
@@ -241,9 +241,9 @@ def _leaf(base: Node, row: NodeRow, config: Mapping[str, object]) -> Node:
                 f"node {row.id} (SIGNAL): timeout_seconds must be a positive integer "
                 f"(at most {MAX_SIGNAL_TIMEOUT}) or null"
             )
-        return replace(base, signal=_required_str(row, config, "signal_name"), timeout=timeout)
+        return _node(row, signal=_required_str(row, config, "signal_name"), timeout=timeout)
     _required_str(row, config, "url")  # HTTP, HTTP_MULTIPART
-    return base
+    return _node(row)
 
 
 def _number(row: NodeRow, config: Mapping[str, object], key: str, default: float) -> float:
@@ -262,18 +262,17 @@ def _count(row: NodeRow, config: Mapping[str, object], key: str) -> int:
     return value
 
 
-def _wrapper(base: Node, row: NodeRow) -> Node:
+def _wrapper(row: NodeRow) -> Node:
     """A RETRY or TIMEOUT: one child, and what df.retry or df.timeout put in its config (the
     same rules and texts, for a hand-built row)."""
     if not row.left_node or row.right_node:
         raise GraphError(f"node {row.id} ({row.node_type}) needs a left child and no right child")
     config = _config(row)
-    base = replace(base, left=row.left_node)
     if row.node_type == "TIMEOUT":
         seconds = _count(row, config, "seconds")
         if not 0 < seconds <= MAX_INT:
             raise GraphError(f"node {row.id} (TIMEOUT): {TIMEOUT_SECONDS_ERROR}")
-        return replace(base, timeout=seconds)
+        return _node(row, left=row.left_node, timeout=seconds)
     attempts = _count(row, config, "max_attempts")
     backoff = _number(row, config, "backoff_seconds", 1.0)
     factor = _number(row, config, "backoff_factor", 2.0)
@@ -284,7 +283,19 @@ def _wrapper(base: Node, row: NodeRow) -> Node:
     ):
         if bad:
             raise GraphError(f"node {row.id} (RETRY): {message}")
-    return replace(base, max_attempts=attempts, backoff_seconds=backoff, backoff_factor=factor)
+    return _node(
+        row,
+        left=row.left_node,
+        max_attempts=attempts,
+        backoff_seconds=backoff,
+        backoff_factor=factor,
+    )
+
+
+def _node(row: NodeRow, **fields: Any) -> Node:
+    """The node of ``row`` with ``fields`` (made once: a frozen dataclass of this many fields
+    takes microseconds to make, and a graph is parsed for every new instance)."""
+    return Node(row.id, row.node_type, row.query, row.result_name, **fields)
 
 
 def _parse(row: NodeRow) -> Node:
@@ -296,28 +307,27 @@ def _parse(row: NodeRow) -> Node:
             f"node {row.id} ({kind}): result_name {row.result_name!r} is not a valid identifier"
             " — must match [a-zA-Z_][a-zA-Z0-9_]*"
         )
-    base = Node(row.id, kind, row.query, row.result_name)
     if kind in LEAF_TYPES:
         if row.left_node or row.right_node:
             raise GraphError(f"node {row.id} ({kind}) is a leaf and cannot have children")
         if row.query is None:
             raise GraphError(f"node {row.id} ({kind}) has no query")
     if kind == "SQL":
-        return base
+        return _node(row)
     if kind == "SLEEP":
-        return replace(base, seconds=_seconds(row))
+        return _node(row, seconds=_seconds(row))
     if kind == "BREAK":
         config = _config(row)
-        return replace(base, break_value=_str_or_none(row, config, "break_value"))
+        return _node(row, break_value=_str_or_none(row, config, "break_value"))
     if kind in ("WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"):
-        return _leaf(base, row, _config(row))
+        return _leaf(row, _config(row))
     if kind in WRAPPER_TYPES:
-        return _wrapper(base, row)
+        return _wrapper(row)
     # Compound nodes.
     if kind in ("THEN", "RACE", "JOIN", "IF") and not (row.left_node and row.right_node):
         raise GraphError(f"node {row.id} ({kind}) needs both a left and a right child")
     if kind == "THEN" or kind == "RACE":
-        return replace(base, left=row.left_node, right=row.right_node)
+        return _node(row, left=row.left_node, right=row.right_node)
     if kind == "JOIN":
         extras: tuple[str, ...] = ()
         if row.query is not None:
@@ -325,7 +335,7 @@ def _parse(row: NodeRow) -> Node:
             if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
                 raise GraphError(f"node {row.id} (JOIN): extra_nodes must be a list of node ids")
             extras = tuple(raw)
-        return replace(base, left=row.left_node, right=row.right_node, extras=extras)
+        return _node(row, left=row.left_node, right=row.right_node, extras=extras)
     if kind == "IF":
         config = _config(row)
         has_condition = config.get("condition_node") is not None
@@ -341,13 +351,13 @@ def _parse(row: NodeRow) -> Node:
                     " (the only one is 'result_has_rows')"
                 )
             name = _required_str(row, config, "result_name")
-            return replace(base, left=row.left_node, right=row.right_node, rows_of=name)
+            return _node(row, left=row.left_node, right=row.right_node, rows_of=name)
         if not has_condition:
             raise GraphError(
                 f"node {row.id} (IF): query needs a condition_node or a result_has_rows condition"
             )
         condition = _required_str(row, config, "condition_node")
-        return replace(base, left=row.left_node, right=row.right_node, condition=condition)
+        return _node(row, left=row.left_node, right=row.right_node, condition=condition)
     # LOOP
     if not row.left_node or row.right_node:
         raise GraphError(f"node {row.id} (LOOP) needs a body and no right child")
@@ -356,4 +366,4 @@ def _parse(row: NodeRow) -> Node:
         config = _config(row)
         if config.get("condition_node") is not None:
             cond = _required_str(row, config, "condition_node")
-    return replace(base, left=row.left_node, condition=cond)
+    return _node(row, left=row.left_node, condition=cond)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Final
 
+import orjson
+
 from pg_durable.errors import ResultShapeChanged, StepError
 
 BOOL: Final = 16
@@ -51,6 +53,11 @@ _SUPPORTED_NAMES: Final = (
     "timestamp, date, jsonb, json, void"
 )
 _INTEGERS: Final = frozenset({INT2, INT4, INT8})
+#: Types whose values row_to_json prints exactly as pg_durable's result holds them (and with
+#: the same escapes as Python's encoder): rows of only these are taken as they are.
+_VERBATIM: Final = frozenset(
+    {BOOL, INT2, INT4, INT8, TEXT, VARCHAR, BPCHAR, NAME, UUID, DATE, UNKNOWN}
+)
 _FLOATS: Final = frozenset({FLOAT4, FLOAT8})
 #: PostgreSQL type names that pg_durable's driver (sqlx) knows and reports upper-cased, arrays
 #: of them as ``NAME[]``; any other type is reported by its pg_type name as it is.
@@ -129,20 +136,37 @@ def build_result(columns: Sequence[Column], rows: Sequence[str]) -> str:
 
 
 def _build(columns: Sequence[Column], rows: Sequence[str]) -> str:
+    if _verbatim(columns):
+        for text in rows:
+            got = orjson.loads(text)  # (one key per column: the names are distinct)
+            if len(got) != len(columns):
+                raise _shape_changed(len(got), len(columns))
+        return '{"rows":[' + ",".join(rows) + '],"row_count":' + str(len(rows)) + "}"
     out = []
     for text in rows:
         pairs: _Pairs = json.loads(text, object_pairs_hook=_Pairs, parse_float=_Raw, parse_int=_Raw)
         if len(pairs) != len(columns):
-            # The statement's shape changed between its Describe and its execution.
-            raise ResultShapeChanged(
-                f"The result of the statement has {len(pairs)} columns where {len(columns)} "
-                "were described; the statement's result shape changed while it ran. Retry it."
-            )
+            raise _shape_changed(len(pairs), len(columns))
         row: dict[str, object] = {}
         for column, (_key, value) in zip(columns, pairs, strict=True):
             row[column.name] = _value(column.type_oid, value)
         out.append(row)
     return _dumps({"rows": out, "row_count": len(out)})
+
+
+def _verbatim(columns: Sequence[Column]) -> bool:
+    """Whether rows of ``columns`` are their own result text: each of a type in _VERBATIM,
+    and no name twice (a duplicate keeps its first position and its last value)."""
+    names = {c.name for c in columns}
+    return len(names) == len(columns) and all(c.type_oid in _VERBATIM for c in columns)
+
+
+def _shape_changed(got: int, described: int) -> ResultShapeChanged:
+    """The statement's shape changed between its Describe and its execution."""
+    return ResultShapeChanged(
+        f"The result of the statement has {got} columns where {described} were described; "
+        "the statement's result shape changed while it ran. Retry it."
+    )
 
 
 def _value(type_oid: int, value: object) -> object:
