@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from tests.fixtures.engine import WorkerThread
+from tests.fixtures.engine import WorkerThread, wait_for
 
 #: The tables whose blocks a step reads or writes.
 _TABLES = ("instances", "nodes", "vars", "_instance_state", "_fibers", "_signals")
@@ -102,3 +102,54 @@ def test_reads_per_step_do_not_grow_with_instances_in_flight(
         f"{few_scanned:.1f} and {many_scanned:.1f} rows of sequential scans of df tables per "
         "step with 100 and 2,000 instances in flight"
     )
+
+
+def _stamps_written(conn: psycopg.Connection[Any], dsl: str) -> dict[str, list[str]]:
+    """Run the workflow ``dsl`` and return, for each of its SQL nodes (by query, in the
+    order of the workflow), the statuses written to its df.nodes row, in order."""
+    row = conn.execute(f"SELECT df.start({dsl})").fetchone()
+    assert row is not None
+    assert wait_for(conn, str(row[0])) == "completed"
+    written = conn.execute(
+        """SELECT n.query, array_agg(w.status ORDER BY w.seq)
+             FROM public.stamps_written w JOIN df.nodes n ON n.instance_id = w.instance_id
+                                                      AND n.id = w.node_id
+            WHERE w.instance_id = %s AND n.node_type = 'SQL'
+            GROUP BY n.query""",
+        [row[0]],
+    ).fetchall()
+    return {str(query): list(statuses) for query, statuses in written}
+
+
+def test_a_quick_step_is_stamped_once(conn: psycopg.Connection[Any], worker: WorkerThread) -> None:
+    """A SQL step whose statement the worker knows to be quick is stamped running in the
+    transaction that runs it, which stamps it completed: its row is written once. A statement
+    new to the worker is stamped running in the transaction before, so that df.nodes shows it
+    running while it runs."""
+    conn.execute(
+        "CREATE TABLE public.stamps_written "
+        "(seq bigserial, instance_id text, node_id text, status text)"
+    )
+    conn.execute(
+        """CREATE FUNCTION public.note_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               INSERT INTO public.stamps_written (instance_id, node_id, status)
+               VALUES (NEW.instance_id, NEW.id, NEW.status);
+               RETURN NULL;
+           END $$"""
+    )
+    conn.execute(
+        "CREATE TRIGGER note_stamp AFTER UPDATE ON df.nodes FOR EACH ROW "
+        "EXECUTE FUNCTION public.note_stamp()"
+    )
+    _stamps_written(conn, "'SELECT 1 AS a' ~> 'SELECT 2 AS b'")
+    # Both statements are known now, and quick.
+    assert _stamps_written(conn, "'SELECT 1 AS a' ~> 'SELECT 2 AS b'") == {
+        "SELECT 1 AS a": ["completed"],
+        "SELECT 2 AS b": ["completed"],
+    }
+    assert _stamps_written(conn, "'SELECT 1 AS a' ~> 'SELECT 3 AS new' ~> 'SELECT 2 AS b'") == {
+        "SELECT 1 AS a": ["completed"],
+        "SELECT 3 AS new": ["running", "completed"],
+        "SELECT 2 AS b": ["completed"],
+    }

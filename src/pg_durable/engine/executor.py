@@ -68,7 +68,7 @@ from pg_durable.graph.interpreter import (
     outcome_to_json,
 )
 from pg_durable.graph.model import Graph, Node, NodeRow
-from pg_durable.graph.sqltext import as_condition_query
+from pg_durable.graph.sqltext import as_condition_query, needs_autocommit
 from pg_durable.graph.substitution import substitute
 from pg_durable.queries import query
 
@@ -579,13 +579,48 @@ class Executor:
             if fiber.status != "ready" or fiber.not_before is not None or fiber.delay > 0:
                 return
             node = run.loaded.graph.node(fiber.node_id)
-            if node.type not in _INLINE_STEPS and (
-                node.type != "SQL" or run.statement_node is not None
-            ):
+            if node.type == "SQL" and run.statement_node is not None:
+                self._stamp_running_when_run(run, node)  # (its statement runs next time)
+                return
+            if node.type not in _INLINE_STEPS and node.type != "SQL":
                 return
             await self._step(conns, run, batched=batched)
             if run.statement is not None:
                 return
+
+    def _stamp_running_when_run(self, run: _Run, node: Node) -> None:
+        """Leave the fiber's next SQL step ``node`` unstamped (pending) until the transaction
+        that runs it, if its statement is known to be quick: that transaction stamps it
+        completed, so the running stamp would be written for no reader — and node stamps are
+        most of what a step costs the server. A statement new to the worker, or slow when it
+        last ran, is stamped running in this transaction, so that df.nodes shows it running
+        while it runs; so is one that runs outside the transaction that records it (in
+        another database, or one that refuses a transaction block)."""
+        stamp = run.plan.stamps.get(node.id)
+        if stamp is None or stamp.status != "running" or run.loaded.database is not None:
+            return
+        try:
+            text = self._statement_text(run, node)
+        except SubstitutionError:
+            return  # (it fails when it runs)
+        if self.sql.is_quick(text) and not needs_autocommit(text):
+            del run.plan.stamps[node.id]
+
+    def _statement_text(self, run: _Run, node: Node) -> str:
+        """The statement SQL step ``node`` runs: its query with the fiber's variables and
+        results in it (raises SubstitutionError)."""
+        loaded = run.loaded
+        text = substitute(
+            node.query or "",
+            variables=loaded.variables,
+            results=run.fiber.results,
+            instance_id=loaded.graph.instance_id,
+            label=loaded.label,
+            mode="sql",
+        )
+        if node.id in loaded.graph.conditions:
+            text = as_condition_query(text)
+        return text
 
     async def _step(
         self, conns: Connections, run: _Run, *, batched: bool, unless_new_or_slow: bool = False
@@ -625,19 +660,10 @@ class Executor:
             run.interp.complete_step(run.interp.timed_out(deadline[0]))
             return
         try:
-            text = substitute(
-                node.query or "",
-                variables=loaded.variables,
-                results=fiber.results,
-                instance_id=loaded.graph.instance_id,
-                label=loaded.label,
-                mode="sql",
-            )
+            text = self._statement_text(run, node)
         except SubstitutionError as exc:
             run.interp.complete_step(Failed(str(exc)))
             return
-        if node.id in loaded.graph.conditions:
-            text = as_condition_query(text)
         if unless_new_or_slow and not self.sql.is_quick(text):
             run.statement_node = None
             return
