@@ -210,6 +210,33 @@ def test_a_step_leaves_nothing_behind_for_the_next_role(
         single.stop()
 
 
+def test_steps_of_one_role_in_one_batch_leave_nothing_behind_for_each_other(
+    alice: Submitter, worker: WorkerThread, conn: Conn
+) -> None:
+    """A batch's steps of one role run in one call of its step function, which cleans the
+    session between them: each step of these instances — one batch on one slot — finds no
+    temporary table, setting or session lock that another left behind (it would fail: the
+    table exists already, or a division by zero)."""
+    worker.stop()
+    single = WorkerThread(worker.settings.dsn, concurrency=1, poll_interval=0.2).start()
+    try:
+        step = (
+            "'CREATE TEMP TABLE box AS SELECT 1 / CASE WHEN current_setting(''work_mem'') "
+            "= ''1234kB'' OR NOT pg_try_advisory_lock(7) THEN 0 ELSE 1 END AS clean, "
+            "set_config(''work_mem'', ''1234kB'', false) AS planted'"
+        )
+        with alice.conn.transaction():
+            ids = []
+            for _ in range(8):
+                row = alice.conn.execute(f"SELECT df.start({step})").fetchone()
+                assert row is not None
+                ids.append(str(row[0]))
+        for iid in ids:
+            assert wait_for(conn, iid) == "completed", output_of(conn, iid)
+    finally:
+        single.stop()
+
+
 def test_the_roles_statement_timeout_fails_the_step_that_overruns_it(
     alice: Submitter, worker: WorkerThread, conn: Conn
 ) -> None:

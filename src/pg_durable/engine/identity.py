@@ -1,19 +1,23 @@
 """Running a step as the role that submitted it, inescapably.
 
-Each submitting role gets one function
-``df_exec.step_<role oid>(sql, returns_rows, max_bytes, max_rows)``: SECURITY DEFINER, owned by
-that role, in a schema no other role may use. Inside a security-definer function PostgreSQL
-refuses ``SET ROLE``, ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` and ``set_config('role', …)``
-— also in anything the statement calls — so the step has exactly the privileges of its
-submitter and cannot leave them. The worker needs no password of the role and no ``trust`` in
+Each submitting role gets one function ``df_exec.step_<role oid>(statements, returns_rows,
+max_bytes, max_rows, not_after, batch_bytes, batch_rows)``: SECURITY DEFINER, owned by that
+role, in a schema no other role may use. Inside a security-definer function PostgreSQL refuses
+``SET ROLE``, ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` and ``set_config('role', …)`` —
+also in anything the statement calls — so the step has exactly the privileges of its submitter
+and cannot leave them. The worker needs no password of the role and no ``trust`` in
 pg_hba.conf.
 
-The function returns each row as ``row_to_json`` text, and catches the statement's error (in a
-subtransaction) so that a failing step leaves the worker's transaction usable; ``df._step``
-calls it and then cleans the session for the next role. Column names and types come from a
-protocol-level Describe of the statement (Parse only, nothing executes) on the slot's side
-connection under ``SET ROLE``, so names resolve as the submitter would resolve them; it also
-rejects multi-statement strings. Descriptions are cached per (role, statement text).
+The function runs the role's statements of a batch one after the other, returns each one's
+rows as ``row_to_json`` texts, and catches each one's error (in a subtransaction) so that a
+failing step leaves the worker's transaction usable. Between two of them it cleans the
+session, as the role: they are steps of different instances. ``df_exec.run_steps`` calls it for
+each run of steps of one role and then cleans the session itself for the next role (or for the
+worker's own statements): what one role's step leaves behind — settings, temporary tables,
+session locks — never reaches another role. Column names and types come from a protocol-level
+Describe of the statement (Parse only, nothing executes) on the slot's side connection under
+``SET ROLE``, so names resolve as the submitter would resolve them; it also rejects
+multi-statement strings. Descriptions are cached per (role, statement text).
 
 A step's result is capped inside its step function, while the statement's rows are read: the
 first row past ``max_bytes`` (of ``row_to_json`` text) or ``max_rows`` ends the statement with
@@ -103,12 +107,16 @@ class Role:
 
     @property
     def function(self) -> str:
-        # df._step derives the same name from the oid.
+        # df_exec.run_steps derives the same name from the oid.
         return f"step_{self.oid}"
 
     @property
     def signature(self) -> str:
-        return f"{EXEC_SCHEMA}.{self.function}(text,boolean,bigint,bigint)"
+        # (df_exec.run_steps looks it up with the same argument types.)
+        return (
+            f"{EXEC_SCHEMA}.{self.function}"
+            "(text[],boolean[],bigint,bigint,timestamptz,bigint,bigint)"
+        )
 
 
 class StepRunner:
@@ -238,22 +246,14 @@ class StepRunner:
             # meanwhile would keep its claims past idle_in_transaction_session_timeout.
             await pipeline.sync()
         results: list[StepRows | None] = [None] * len(steps)
-        rows: list[str] = []
-        failure: StepFailure | None = None
-        # One row at a time from the result (not a list of all of them beside it).
-        async for index, kind, data in cur:
-            if kind == "row":
-                rows.append(data)
-            elif kind == "error":
-                error = json.loads(data)
-                failure = StepFailure(error["sqlstate"], error["message"])
-            elif kind == "done":
-                results[index] = StepRows(rows, failure, float(data))
-                rows, failure = [], None
-            else:  # missing: the role's step function was dropped (DROP OWNED BY)
+        for index, rows, error, seconds in await cur.fetchall():
+            if error is None:
+                results[index] = StepRows(rows, None, float(seconds))
+                continue
+            failure = json.loads(error)
+            if failure["sqlstate"] == MISSING_FUNCTION:  # dropped (DROP OWNED BY, say)
                 self.forget(steps[index][0])
-                gone = StepFailure(MISSING_FUNCTION, "the role's step function is gone")
-                results[index] = StepRows([], gone, 0.0)
+            results[index] = StepRows([], StepFailure(failure["sqlstate"], failure["message"]), 0.0)
         return results
 
     async def run_autocommit(self, conn: AnyConn, role: Role, text: str) -> None:

@@ -107,7 +107,7 @@ SELECT extract(epoch FROM min(run_at) - now())::float8
  WHERE status = 'ready' AND run_at > now()
 
 -- name: run_steps
-SELECT step, kind, data FROM df_exec.run_steps(%s, %s, %s, %s)
+SELECT step, result_rows, error, seconds FROM df_exec.run_steps(%s, %s, %s, %s)
 
 -- name: signal_lock
 SELECT df._signal_lock(%(instance_id)s)
@@ -180,63 +180,100 @@ SELECT value FROM df._meta WHERE key = 'schema_version'
 
 -- name: create_exec_function
 -- {function} and {role} are identifiers composed with psycopg.sql (engine/identity.py).
--- Returns one row_to_json text per result row. An error of the statement is caught — its
--- subtransaction rolled back, the worker's transaction intact — and returned as a NULL row
--- followed by {"sqlstate", "message"}. A cancel (query_canceled) is not caught: the worker
--- asked for it and rolls back.
+-- Runs statements of its role, one after the other (df_exec.run_steps passes it the steps of
+-- a batch that are its role's, in a row), and returns per statement its rows (row_to_json
+-- texts) or its error (caught, its subtransaction rolled back, the worker's transaction
+-- intact: {"sqlstate", "message"}), the seconds it took and the bytes of its rows. A cancel
+-- (query_canceled) is not caught: the worker asked for it and rolls back.
 --
--- The result is capped while it is read: the first row that takes it past max_bytes (of
+-- Between two statements the session is cleaned (settings, temporary tables, session locks,
+-- LISTENs: what df_exec.reset_session cleans), here as the role: the next statement is
+-- another instance's, of the same role. After the last, the worker cleans it itself, before
+-- any other role's statement or its own.
+--
+-- A result is capped while it is read: the first row that takes it past max_bytes (of
 -- row_to_json text) or max_rows ends the statement with an error of its own (SQLSTATE PDLIM),
--- so that neither this server nor the worker holds more. The caps are arguments the worker
--- passes: nothing the statement does can change them. A row whose stored size is over eight
+-- so that neither this server nor the worker holds more. A row whose stored size is over eight
 -- times what is left is refused before row_to_json copies it (no type's JSON is that much
--- smaller than its storage), so a gigantic value fails at once.
-CREATE OR REPLACE FUNCTION {function}(sql text, returns_rows boolean, max_bytes bigint,
-                                      max_rows bigint) RETURNS SETOF text
+-- smaller than its storage), so a gigantic value fails at once. A statement after the first
+-- does not start past not_after, nor once the rows returned reach batch_bytes or batch_rows
+-- (what is left of the batch's caps). The caps are arguments the worker passes: nothing a
+-- statement does can change them.
+CREATE OR REPLACE FUNCTION {function}(statements text[], returns_rows boolean[],
+                                      max_bytes bigint, max_rows bigint,
+                                      not_after timestamptz, batch_bytes bigint,
+                                      batch_rows bigint)
+RETURNS TABLE (step int, result_rows text[], error text, seconds float8, bytes bigint)
 LANGUAGE plpgsql SECURITY DEFINER AS $body$
 DECLARE
     r     record;
     t     text;
-    bytes bigint := 0;
-    n     bigint := 0;
+    n     bigint;
+    began timestamptz;
 BEGIN
-    BEGIN
-        IF returns_rows THEN
-            FOR r IN EXECUTE sql LOOP
-                n := n OPERATOR(pg_catalog.+) 1;
-                IF n OPERATOR(pg_catalog.>) max_rows THEN
-                    RAISE EXCEPTION USING ERRCODE = 'PDLIM', MESSAGE = pg_catalog.format(
-                        'SQL step result exceeds pg_durable''s limit of %s rows (worker setting '
-                        'max_result_rows); return fewer rows, e.g. with LIMIT or an aggregate, '
-                        'or raise the limit', max_rows);
-                END IF;
-                IF (pg_catalog.pg_column_size(r) OPERATOR(pg_catalog./) 8)
-                       OPERATOR(pg_catalog.>) (max_bytes OPERATOR(pg_catalog.-) bytes) THEN
-                    bytes := max_bytes OPERATOR(pg_catalog.+) 1;
-                ELSE
-                    t := pg_catalog.row_to_json(r)::text;
-                    bytes := bytes OPERATOR(pg_catalog.+) pg_catalog.octet_length(t);
-                END IF;
-                IF bytes OPERATOR(pg_catalog.>) max_bytes THEN
-                    RAISE EXCEPTION USING ERRCODE = 'PDLIM', MESSAGE = pg_catalog.format(
-                        'SQL step result exceeds pg_durable''s limit of %s bytes (worker setting '
-                        'max_result_bytes) at row %s; return fewer or smaller rows, e.g. with '
-                        'LIMIT, or raise the limit', max_bytes, n);
-                END IF;
-                RETURN NEXT t;
-            END LOOP;
-        ELSE
-            EXECUTE sql;
+    FOR i IN 1 .. pg_catalog.cardinality(statements) LOOP
+        IF i OPERATOR(pg_catalog.>) 1 THEN
+            IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) not_after
+               OR batch_bytes OPERATOR(pg_catalog.<=) 0 OR batch_rows OPERATOR(pg_catalog.<=) 0 THEN
+                RETURN;
+            END IF;
+            RESET ALL;
+            DISCARD TEMP;
+            PERFORM pg_catalog.pg_advisory_unlock_all();
+            UNLISTEN *;
         END IF;
-    EXCEPTION WHEN OTHERS THEN
-        RETURN NEXT NULL;
-        RETURN NEXT pg_catalog.json_build_object('sqlstate', SQLSTATE, 'message', SQLERRM)::text;
-    END;
+        began := pg_catalog.clock_timestamp();
+        step := i OPERATOR(pg_catalog.-) 1;
+        result_rows := '{{}}';  -- (braces doubled: the text is composed with psycopg.sql)
+        error := NULL;
+        bytes := 0;
+        n := 0;
+        BEGIN
+            IF returns_rows[i] THEN
+                FOR r IN EXECUTE statements[i] LOOP
+                    n := n OPERATOR(pg_catalog.+) 1;
+                    IF n OPERATOR(pg_catalog.>) max_rows THEN
+                        RAISE EXCEPTION USING ERRCODE = 'PDLIM', MESSAGE = pg_catalog.format(
+                            'SQL step result exceeds pg_durable''s limit of %s rows (worker setting '
+                            'max_result_rows); return fewer rows, e.g. with LIMIT or an aggregate, '
+                            'or raise the limit', max_rows);
+                    END IF;
+                    IF (pg_catalog.pg_column_size(r) OPERATOR(pg_catalog./) 8)
+                           OPERATOR(pg_catalog.>) (max_bytes OPERATOR(pg_catalog.-) bytes) THEN
+                        bytes := max_bytes OPERATOR(pg_catalog.+) 1;
+                    ELSE
+                        t := pg_catalog.row_to_json(r)::text;
+                        bytes := bytes OPERATOR(pg_catalog.+) pg_catalog.octet_length(t);
+                    END IF;
+                    IF bytes OPERATOR(pg_catalog.>) max_bytes THEN
+                        RAISE EXCEPTION USING ERRCODE = 'PDLIM', MESSAGE = pg_catalog.format(
+                            'SQL step result exceeds pg_durable''s limit of %s bytes (worker setting '
+                            'max_result_bytes) at row %s; return fewer or smaller rows, e.g. with '
+                            'LIMIT, or raise the limit', max_bytes, n);
+                    END IF;
+                    result_rows := result_rows OPERATOR(pg_catalog.||) t;
+                END LOOP;
+            ELSE
+                EXECUTE statements[i];
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            result_rows := NULL;
+            bytes := 0;
+            error := pg_catalog.json_build_object('sqlstate', SQLSTATE, 'message', SQLERRM)::text;
+        END;
+        seconds := pg_catalog.date_part('epoch',
+                                        pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) began);
+        batch_bytes := batch_bytes OPERATOR(pg_catalog.-) bytes;
+        batch_rows := batch_rows OPERATOR(pg_catalog.-)
+                      coalesce(pg_catalog.cardinality(result_rows), 0);
+        RETURN NEXT;
+    END LOOP;
 END
 $body$
 
 -- name: revoke_exec_function
-REVOKE ALL ON FUNCTION {function}(text, boolean, bigint, bigint) FROM PUBLIC
+REVOKE ALL ON FUNCTION {function}(text[], boolean[], bigint, bigint, timestamptz, bigint, bigint)
+  FROM PUBLIC
 
 -- name: lend_exec_schema
 -- A new owner needs CREATE on the function's schema (unless the worker is a superuser). Lent
@@ -245,7 +282,8 @@ REVOKE ALL ON FUNCTION {function}(text, boolean, bigint, bigint) FROM PUBLIC
 GRANT CREATE ON SCHEMA df_exec TO {role}
 
 -- name: own_exec_function
-ALTER FUNCTION {function}(text, boolean, bigint, bigint) OWNER TO {role}
+ALTER FUNCTION {function}(text[], boolean[], bigint, bigint, timestamptz, bigint, bigint)
+  OWNER TO {role}
 
 -- name: take_back_exec_schema
 REVOKE CREATE ON SCHEMA df_exec FROM {role}

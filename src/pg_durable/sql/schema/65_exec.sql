@@ -61,82 +61,104 @@ END
 $$;
 
 -- Run the statements of one batch (at most one per fiber, so none depends on another), in
--- order, each through its submitter's step function (engine/identity.py) with that role's own
--- settings, each followed by a clean session. One round trip for the whole batch.
+-- order, each as its submitter with that role's own settings, each followed by a clean
+-- session. One round trip for the whole batch; one call of a role's step function
+-- (engine/identity.py) for the steps of that role that come in a row, which cleans the
+-- session between them — unless the role has settings of its own, which only the worker may
+-- apply (a superuser may have set them): such a role's steps go one per call.
 --
 -- p_steps: [{"role": <oid>, "sql": <text>, "rows": <returns rows>, "settings": [...]}, …]
--- Result, per step i that ran: its rows as (i, 'row', <row_to_json>) or its error as
--- (i, 'error', '{"sqlstate", "message"}'), then (i, 'done', <seconds it took>); or
--- (i, 'missing', NULL) when the role's step function does not exist (any more). Steps after
--- the first are not started once p_window seconds have passed: they return nothing, and the
--- worker runs them later.
+-- Result, per step i that ran: (i, its rows as row_to_json texts, NULL, seconds it took), or
+-- (i, NULL, its error as '{"sqlstate", "message"}', seconds); SQLSTATE PDMIS when the role's
+-- step function does not exist (any more). Steps after the first are not started once
+-- p_window seconds have passed: they return nothing, and the worker runs them later.
 --
 -- p_max_bytes, p_max_rows: the caps of one step's result (the worker's max_result_bytes and
--- max_result_rows), passed to each step function, which ends its statement at the first row
--- past either (the step's error then says so). They bound the batch as well: once the rows it
+-- max_result_rows), passed to the step functions, which end a statement at the first row past
+-- either (the step's error then says so). They bound the batch as well: once the rows it
 -- returned reach either cap, no further step starts (as past the window), so a batch returns
 -- less than twice the caps however many steps it holds.
 --
 -- No SET search_path clause: it would restore a step's own search_path on exit, after
--- df_exec.reset_session cleared it (so every name here is schema-qualified).
+-- df_exec.reset_session cleared it (so every name here is schema-qualified). Dropped first:
+-- its result columns changed once (an install over an older kit may not replace it).
+DROP FUNCTION IF EXISTS df_exec.run_steps(jsonb, float8, bigint, bigint);
 CREATE OR REPLACE FUNCTION df_exec.run_steps(p_steps jsonb, p_window float8, p_max_bytes bigint,
                                  p_max_rows bigint)
-RETURNS TABLE (step int, kind text, data text)
+RETURNS TABLE (step int, result_rows text[], error text, seconds float8)
 LANGUAGE plpgsql AS $$
 DECLARE
-    started timestamptz := pg_catalog.clock_timestamp();
-    began   timestamptz;
-    s       jsonb;
-    i       int := -1;
-    fn      text;
-    out     text[];
-    bad     int;
-    size    bigint;
-    bytes   bigint := 0;
-    n       bigint := 0;
+    not_after timestamptz := pg_catalog.clock_timestamp()
+                             OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => p_window);
+    total     int := pg_catalog.jsonb_array_length(p_steps);
+    i         int := 0;
+    j         int;
+    got       int;
+    v_role    text;
+    settings  jsonb;
+    r         record;
+    bytes     bigint := 0;
+    n         bigint := 0;
 BEGIN
-    FOR s IN SELECT e FROM pg_catalog.jsonb_array_elements(p_steps) e LOOP
-        i := i OPERATOR(pg_catalog.+) 1;
+    WHILE i OPERATOR(pg_catalog.<) total LOOP
         IF i OPERATOR(pg_catalog.>) 0
-           AND (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started
-                    OPERATOR(pg_catalog.>) pg_catalog.make_interval(secs => p_window)
+           AND (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) not_after
                 OR bytes OPERATOR(pg_catalog.>=) p_max_bytes
                 OR n OPERATOR(pg_catalog.>=) p_max_rows) THEN
             RETURN;
         END IF;
-        began := pg_catalog.clock_timestamp();
-        fn := 'step_' OPERATOR(pg_catalog.||) (s OPERATOR(pg_catalog.->>) 'role');
-        IF pg_catalog.to_regprocedure('df_exec.' OPERATOR(pg_catalog.||) fn
-                                      OPERATOR(pg_catalog.||) '(text,boolean,bigint,bigint)') IS NULL THEN
-            step := i; kind := 'missing'; data := NULL;
-            RETURN NEXT;
+        v_role := p_steps OPERATOR(pg_catalog.->) i OPERATOR(pg_catalog.->>) 'role';
+        settings := p_steps OPERATOR(pg_catalog.->) i OPERATOR(pg_catalog.->) 'settings';
+        j := i OPERATOR(pg_catalog.+) 1;
+        IF pg_catalog.jsonb_array_length(settings) OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM df_exec.role_settings(
+                ARRAY(SELECT pg_catalog.jsonb_array_elements_text(settings)), true);
+        ELSE
+            WHILE j OPERATOR(pg_catalog.<) total
+                  AND p_steps OPERATOR(pg_catalog.->) j OPERATOR(pg_catalog.->>) 'role'
+                      OPERATOR(pg_catalog.=) v_role LOOP
+                j := j OPERATOR(pg_catalog.+) 1;
+            END LOOP;
+        END IF;
+        IF pg_catalog.to_regprocedure(
+               'df_exec.step_' OPERATOR(pg_catalog.||) v_role OPERATOR(pg_catalog.||)
+               '(text[],boolean[],bigint,bigint,timestamptz,bigint,bigint)') IS NULL THEN
+            RETURN QUERY
+            SELECT k, NULL::text[],
+                   '{"sqlstate": "PDMIS", "message": "the role''s step function is gone"}'::text,
+                   0::float8
+              FROM pg_catalog.generate_series(i, j OPERATOR(pg_catalog.-) 1) k;
+            i := j;
             CONTINUE;
         END IF;
-        IF pg_catalog.jsonb_array_length(s OPERATOR(pg_catalog.->) 'settings') OPERATOR(pg_catalog.>) 0 THEN
-            PERFORM df_exec.role_settings(
-                ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s OPERATOR(pg_catalog.->) 'settings')),
-                true);
-        END IF;
-        EXECUTE pg_catalog.format(
-                    'SELECT pg_catalog.array_agg(r), pg_catalog.sum(pg_catalog.octet_length(r)) '
-                    'FROM df_exec.%I($1, $2, $3, $4) r', fn)
-           INTO out, size
-          USING s OPERATOR(pg_catalog.->>) 'sql', (s OPERATOR(pg_catalog.->>) 'rows')::boolean,
-                p_max_bytes, p_max_rows;
-        PERFORM df_exec.reset_session();
-        -- The step function returns NULL, then the error, when the statement failed.
-        bad := pg_catalog.array_position(out, NULL);
-        IF bad IS NOT NULL THEN
-            step := i; kind := 'error'; data := out[bad OPERATOR(pg_catalog.+) 1];
+        got := 0;
+        FOR r IN EXECUTE pg_catalog.format(
+                     'SELECT * FROM df_exec.%I($1, $2, $3, $4, $5, $6, $7)',
+                     'step_' OPERATOR(pg_catalog.||) v_role)
+                 USING ARRAY(SELECT p_steps OPERATOR(pg_catalog.->) k OPERATOR(pg_catalog.->>) 'sql'
+                               FROM pg_catalog.generate_series(i, j OPERATOR(pg_catalog.-) 1) k
+                              ORDER BY k),
+                       ARRAY(SELECT (p_steps OPERATOR(pg_catalog.->) k
+                                     OPERATOR(pg_catalog.->>) 'rows')::boolean
+                               FROM pg_catalog.generate_series(i, j OPERATOR(pg_catalog.-) 1) k
+                              ORDER BY k),
+                       p_max_bytes, p_max_rows, not_after,
+                       p_max_bytes OPERATOR(pg_catalog.-) bytes,
+                       p_max_rows OPERATOR(pg_catalog.-) n LOOP
+            step := i OPERATOR(pg_catalog.+) r.step;
+            result_rows := r.result_rows;
+            error := r.error;
+            seconds := r.seconds;
+            bytes := bytes OPERATOR(pg_catalog.+) r.bytes;
+            n := n OPERATOR(pg_catalog.+) coalesce(pg_catalog.cardinality(r.result_rows), 0);
+            got := got OPERATOR(pg_catalog.+) 1;
             RETURN NEXT;
-        ELSE
-            bytes := bytes OPERATOR(pg_catalog.+) coalesce(size, 0);
-            n := n OPERATOR(pg_catalog.+) coalesce(pg_catalog.cardinality(out), 0);
-            RETURN QUERY SELECT i, 'row'::text, r FROM pg_catalog.unnest(out) r;
+        END LOOP;
+        PERFORM df_exec.reset_session();
+        IF got OPERATOR(pg_catalog.<) (j OPERATOR(pg_catalog.-) i) THEN
+            RETURN;  -- (the window closed, or the caps were reached, within the call)
         END IF;
-        step := i; kind := 'done';
-        data := pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) began)::text;
-        RETURN NEXT;
+        i := j;
     END LOOP;
 END
 $$;
