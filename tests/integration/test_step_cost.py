@@ -153,3 +153,10 @@ def test_a_quick_step_is_stamped_once(conn: psycopg.Connection[Any], worker: Wor
         "SELECT 3 AS new": ["running", "completed"],
         "SELECT 2 AS b": ["completed"],
     }
+    # A statement that runs outside any transaction is stamped running before it runs, each
+    # time (however quick it was).
+    for _ in range(2):
+        assert _stamps_written(conn, "'SELECT 1 AS a' ~> 'VACUUM public.stamps_written'") == {
+            "SELECT 1 AS a": ["completed"],
+            "VACUUM public.stamps_written": ["running", "completed"],
+        }

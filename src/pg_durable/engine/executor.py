@@ -68,7 +68,7 @@ from pg_durable.graph.interpreter import (
     outcome_to_json,
 )
 from pg_durable.graph.model import Graph, Node, NodeRow
-from pg_durable.graph.sqltext import as_condition_query, needs_autocommit
+from pg_durable.graph.sqltext import as_condition_query
 from pg_durable.graph.substitution import substitute
 from pg_durable.queries import query
 
@@ -603,7 +603,7 @@ class Executor:
             text = self._statement_text(run, node)
         except SubstitutionError:
             return  # (it fails when it runs)
-        if self.sql.is_quick(text) and not needs_autocommit(text):
+        if self.sql.is_quick(text):
             del run.plan.stamps[node.id]
 
     def _statement_text(self, run: _Run, node: Node) -> str:

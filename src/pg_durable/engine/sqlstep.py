@@ -144,7 +144,8 @@ class SqlSteps:
         return self._seen.get(hash(text)) is True
 
     def is_quick(self, text: str) -> bool:
-        """Whether ``text`` has run lately, and did not take longer than ``slow_seconds``."""
+        """Whether ``text`` has run lately, and did not take longer than ``slow_seconds`` (nor
+        had to run outside a transaction block)."""
         return self._seen.get(hash(text)) is False
 
     async def prepare(
@@ -247,6 +248,8 @@ class SqlSteps:
             if error.sqlstate in (DEADLINE_REACHED, STEP_TIMEOUT_REACHED):
                 return timed_out(statement, error.sqlstate, error.message)
             if error.sqlstate == _ACTIVE_SQL_TRANSACTION and needs_autocommit(statement.text):
+                # Never quick for a transaction: it runs outside one (is_quick says no).
+                self._note_duration(statement.text, math.inf)
                 raise NeedsAutocommit
             if error.sqlstate == MISSING_FUNCTION or (batched and error.sqlstate in _CONFLICTS):
                 raise RunAlone  # (the step function is created again on the way)
