@@ -151,6 +151,30 @@ def test_loop_with_break_and_results_across_iterations(conn: Conn, worker: Worke
     assert count == (3,)
 
 
+def test_a_result_that_is_json_null_is_stored_as_json_null(
+    conn: Conn, worker: WorkerThread
+) -> None:
+    # df.break() carries JSON null: the loop's result, and the BREAK's, is that value — a
+    # jsonb null in df.nodes.result (not SQL NULL, which is "no result"), 'null' from df.result.
+    iid, status = run_workflow(conn, "@> ('SELECT 1' ~> df.break())")
+    assert status == "completed"
+    rows = conn.execute(
+        "SELECT node_type, result IS NULL, jsonb_typeof(result) FROM df.nodes "
+        "WHERE instance_id = %s AND node_type IN ('LOOP', 'BREAK') ORDER BY node_type",
+        (iid,),
+    ).fetchall()
+    assert rows == [("BREAK", False, "null"), ("LOOP", False, "null")]
+    assert conn.execute("SELECT df.result(%s)", (iid,)).fetchone() == ("null",)
+    # A node that has not finished has no result at all.
+    iid, status = run_workflow(conn, "'SELECT 1' ?> 'SELECT 2' !> 'SELECT 3'")
+    assert status == "completed"
+    untaken = conn.execute(
+        "SELECT result IS NULL FROM df.nodes WHERE instance_id = %s AND query = 'SELECT 3'",
+        (iid,),
+    ).fetchone()
+    assert untaken == (True,)
+
+
 def test_sql_error_fails_node_and_instance_with_the_reason(
     conn: Conn, worker: WorkerThread
 ) -> None:

@@ -36,6 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -946,14 +947,18 @@ def _fiber_json(fiber: Fiber) -> dict[str, Any]:
 
 
 def _stamp_json(stamp: Stamp) -> dict[str, Any]:
+    """A stamp as df._write_stamps reads it: the result as the JSON it is (orjson embeds the
+    text as it is: nothing escaped here, nothing parsed again there), status_details whole."""
+    details: dict[str, object] = {"execution_id": stamp.execution_id}
+    if stamp.details is not None:
+        details.update(stamp.details)
     payload: dict[str, Any] = {
         "id": stamp.node_id,
         "status": stamp.status,
-        "result": stamp.result,
-        "execution_id": stamp.execution_id,
+        "status_details": details,
     }
-    if stamp.details is not None:  # (a JSON null would not merge into status_details)
-        payload["details"] = stamp.details
+    if stamp.result is not None:  # (a JSON null would be a result: the literal null)
+        payload["result"] = orjson.Fragment(stamp.result)
     return payload
 
 

@@ -66,7 +66,8 @@ _KEEPALIVES = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_kee
 def _json_dumps(value: Any) -> bytes:
     """JSON for the worker's statements (a batch's plans are most of what it sends): orjson,
     ten times quicker than the json module; that for what orjson refuses (an integer beyond
-    64 bits in a step's result, say)."""
+    64 bits). Plans need no such thing: their only values of unbounded size are JSON texts
+    (steps' results), as strings or as orjson.Fragment — which only orjson can write."""
     try:
         return orjson.dumps(value)
     except TypeError:

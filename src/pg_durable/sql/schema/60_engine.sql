@@ -65,28 +65,28 @@ BEGIN
 END
 $$;
 
--- Write the node stamps of plans (their "stamps": status, result, execution_id, details) in
--- one statement. Grouped per instance, each row found by primary key (id = ANY) and reading
--- its stamp from an object keyed by node id: joined one by one to df.nodes, the stamps got
--- planned as a scan of every node of the instance against the list of stamps (a long sequence
--- or a big loop then paid for all of its nodes on every step); one UPDATE per stamp pays the
--- statement's set-up, CHECK constraints included, every time.
+-- Write the node stamps of plans in one statement. A stamp is {"id", "status", "result",
+-- "status_details"}, its result the node's result as a JSON value (no "result": none), and
+-- status_details whole (execution_id, and a RETRY's attempts): nothing to parse or build per
+-- row. Each stamp finds its row by primary key: the stamps are a subquery the planner keeps
+-- apart (OFFSET 0), so that it loops over them — joined as a plain function scan, they were
+-- planned the other way round, every node of an instance read and compared with every stamp
+-- of it; one UPDATE per stamp pays the statement's set-up, CHECK constraints included, each
+-- time.
 CREATE FUNCTION df._write_stamps(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 BEGIN
     UPDATE df.nodes n
-       SET status = s.o->n.id->>'status',
-           result = (s.o->n.id->>'result')::jsonb,
-           -- (details: a RETRY's attempts; a stamp without any has no such key.)
-           status_details = jsonb_build_object('execution_id', s.o->n.id->>'execution_id')
-                            || coalesce(s.o->n.id->'details', '{}'),
+       SET status = s.status,
+           result = s.result,
+           status_details = s.status_details,
            updated_at = now()
-      FROM (SELECT x->>'instance_id' AS instance_id, jsonb_object_agg(st->>'id', st) AS o,
-                   array_agg(st->>'id') AS ids
+      FROM (SELECT x->>'instance_id' AS instance_id, st->>'id' AS id, st->>'status' AS status,
+                   st->'result' AS result, st->'status_details' AS status_details
               FROM unnest(p_plans) x, jsonb_array_elements(x->'stamps') st
-             GROUP BY 1) s
-     WHERE n.instance_id = s.instance_id AND n.id = ANY (s.ids);
+            OFFSET 0) s
+     WHERE n.instance_id = s.instance_id AND n.id = s.id;
 END
 $$;
 
