@@ -12,6 +12,9 @@
 -- * Functions are PL/pgSQL, whose statements are planned once per session. A LANGUAGE sql
 --   function with a SET clause is never inlined, and its statements are planned anew at
 --   every call.
+-- * No JIT: statistics that lag the work (an instance with thousands of nodes, says a sample
+--   of a burst) can put a statement's estimated cost past jit_above_cost, and compiling it
+--   then takes 15-20 ms for a statement that runs in 0.1 ms — at every call.
 
 -- Whether a fiber's step may still commit: the instance still runs and every ancestor of the
 -- fiber still waits for it (a losing RACE branch, or a fiber of a cancelled or finished
@@ -75,7 +78,7 @@ $$;
 -- time.
 CREATE FUNCTION df._write_stamps(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 BEGIN
     UPDATE df.nodes n
        SET status = s.status,
@@ -98,7 +101,7 @@ $$;
 -- by its scope, at once (claim_continued).
 CREATE FUNCTION df._write_fibers(p_plans jsonb[]) RETURNS TABLE (scope text, parent_scope text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -140,7 +143,7 @@ $$;
 -- whether it woke a parent fiber. Raises SQLSTATE PD001 when the fiber turns out to be stale.
 CREATE FUNCTION df._apply_plan(p jsonb) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 DECLARE
     v_instance text := p->>'instance_id';
     v_scope    text := p->>'scope';
@@ -247,7 +250,7 @@ $$;
 -- stamps.
 CREATE FUNCTION df._apply_moves(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 DECLARE
     finished text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
                               WHERE jsonb_typeof(x->'instance') = 'object');
@@ -329,7 +332,7 @@ $$;
 -- of pg_durable that was in flight when its instance was cancelled or its RACE decided.
 CREATE FUNCTION df._commit_steps(p_plans jsonb) RETURNS SETOF text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 DECLARE
     p        jsonb;
     v_notify boolean := false;
@@ -413,7 +416,8 @@ $$;
 -- do not all queue up for the same first rows and skip each other's locks one by one.
 -- A function, so that its plan is made once per session, not at every claim (the worker's
 -- step connections use no prepared statements: a step may DEALLOCATE ALL); a generic plan,
--- and rows of df.instances found by primary key whatever the statistics say.
+-- and rows of df.instances found by primary key whatever the statistics say. No bitmap
+-- scans: one would read every ready fiber (100,000 of them, say) to keep the first few.
 CREATE FUNCTION df._claim(p_batch_size int, p_slots int, p_lanes int, p_lane int)
 RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                spawned_at_node varchar, parent_generation int, root_node varchar,
@@ -421,8 +425,8 @@ RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                version bigint, instance_status text, db_now float8, backlog bigint,
                loaded jsonb)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
-SET enable_mergejoin = off AS $$
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -472,7 +476,7 @@ RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                version bigint, instance_status text, db_now float8)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
-SET enable_mergejoin = off AS $$
+SET enable_mergejoin = off SET jit = off AS $$
 BEGIN
     RETURN QUERY
     SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
@@ -494,7 +498,7 @@ RETURNS TABLE (id varchar, root_node varchar, label text, database text, same_da
                role_oid oid, rolname name, rolsuper boolean, vars jsonb,
                superuser_setting text, role_settings text[], nodes json)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
