@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -111,6 +112,22 @@ def load_worker_class() -> type[Worker]:
     return Worker
 
 
+#: Allocations between two collections of Python's youngest generation (700 by default).
+_GC_YOUNG_THRESHOLD = 50_000
+
+
+def _collect_garbage_less_often() -> None:
+    """A worker allocates a few hundred objects per step (rows, plans, the interpreter's
+    state), nearly none of them in reference cycles, and keeps caches of thousands of graph
+    nodes: at Python's default thresholds the cyclic garbage collector took some 15 % of its
+    CPU, scanning those caches again and again. What it holds at start-up (modules, settings)
+    is set aside for good (gc.freeze), and young objects are collected every 50,000
+    allocations instead of every 700 — the few cycles (an exception and its traceback) live a
+    little longer."""
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def serve(settings: Settings, on_started: Callable[[], None] | None = None) -> bool:
     """Run a worker until SIGINT or SIGTERM; call ``on_started`` once it serves.
 
@@ -121,6 +138,7 @@ async def serve(settings: Settings, on_started: Callable[[], None] | None = None
     Returns:
         True when the worker stopped gracefully, False when a second signal cancelled it.
     """
+    _collect_garbage_less_often()
     worker = load_worker_class()(settings)
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(worker.run(), name="pg-durable-worker")
