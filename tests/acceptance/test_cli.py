@@ -22,7 +22,13 @@ import psycopg
 import pytest
 
 from pg_durable import schema
-from pg_durable.embedded import EmbeddedPostgres, Installation, free_port, installations
+from pg_durable.embedded import (
+    EmbeddedPostgres,
+    Installation,
+    default_shared_buffers,
+    free_port,
+    installations,
+)
 from pg_durable.settings import Settings
 from tests.fixtures.postgres import Server
 
@@ -522,8 +528,14 @@ def test_up_serves_the_hello_example_and_reuses_its_data_dir() -> None:
             _wait_for_status(url, instance, "completed")
             with psycopg.connect(url) as conn:
                 result = conn.execute("SELECT df.result(%s)", (instance,)).fetchone()
+                # Sized for the machine, not PostgreSQL's 128 MB (embedded.default_shared_buffers).
+                buffers = conn.execute(
+                    "SELECT setting::bigint * 8192 / 1048576 || 'MB' FROM pg_settings "
+                    "WHERE name = 'shared_buffers'"
+                ).fetchone()
             assert result is not None
             assert "Hello, durable world!" in str(result[0])
+            assert buffers == (default_shared_buffers(),)
         finally:
             rc = up.stop()
         assert rc == 0, up.output()
