@@ -61,7 +61,7 @@ CREATE POLICY signals_sender ON df._signals FOR INSERT
     WITH CHECK (scope IS NULL
                 AND EXISTS (SELECT 1 FROM df.instances i
                              WHERE i.id OPERATOR(pg_catalog.=) instance_id
-                               AND i.status IN ('pending', 'running')));
+                               AND (i.status IN ('pending', 'running')) IS TRUE));
 
 CREATE FUNCTION df._on_signal_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

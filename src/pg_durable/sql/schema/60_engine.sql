@@ -2,13 +2,18 @@
 -- (graph/interpreter.py builds a plan); df._commit_steps is the one place that writes it, in
 -- the same transaction as the step's own statement. Nothing here is granted to anyone.
 --
--- Two rules keep a step's cost flat, whatever the work in flight:
+-- Three rules keep a step's cost flat, whatever the work in flight:
 -- * Rows are found by primary key whatever the statistics say. They lag the work: tables
 --   analyzed while little ran say that no instance is pending and no fiber ready, and planned
 --   from that a join by primary key can turn into a scan of every pending instance for each
---   row of a batch (seen: 156 ms for a batch of 64 with 10,000 instances pending). So the
---   functions on the hot path run with sequential scans, hash and merge joins off, and test
---   statuses in a form that a status index cannot serve.
+--   row of a batch (seen: 156 ms for a batch of 64 with 10,000 instances pending), or into a
+--   scan of every fiber that probes the batch's list for each (120 ms a batch with 5,000
+--   fibers): a table whose statistics say it holds a row or two is read whole rather than
+--   probed, however large it has grown since. So the functions on the hot path run with
+--   sequential scans, hash and merge joins off; a batch's rows are found by "key = ANY (the
+--   list)" and take their values from the plans by key (a jsonb object), never by a join with
+--   the list; a single value is looked up by a scalar subquery; and statuses are tested in a
+--   form that a status index cannot serve.
 -- * Functions are PL/pgSQL, whose statements are planned once per session. A LANGUAGE sql
 --   function with a SET clause is never inlined, and its statements are planned anew at
 --   every call.
@@ -30,7 +35,7 @@ DECLARE
     p_gen        int;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM df.instances
-                    WHERE id = p_instance AND status IN ('pending', 'running')) THEN
+                    WHERE id = p_instance AND (status IN ('pending', 'running')) IS TRUE) THEN
         RETURN false;
     END IF;
     SELECT parent_scope, spawned_at_node, parent_generation
@@ -61,10 +66,11 @@ CREATE FUNCTION df._drop_fibers(p_instance text, p_scope text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM df._fibers
-     WHERE scope IN (SELECT x.scope FROM df._fibers x
-                      WHERE x.instance_id = p_instance
-                        AND (x.scope = p_scope OR left(x.scope, length(p_scope) + 2) = p_scope || '::')
-                        FOR UPDATE SKIP LOCKED);
+     WHERE scope = ANY (ARRAY(
+               SELECT x.scope FROM df._fibers x
+                WHERE x.instance_id = p_instance
+                  AND (x.scope = p_scope OR left(x.scope, length(p_scope) + 2) = p_scope || '::')
+                  FOR UPDATE SKIP LOCKED));
 END
 $$;
 
@@ -75,7 +81,9 @@ $$;
 -- apart (OFFSET 0), so that it loops over them — joined as a plain function scan, they were
 -- planned the other way round, every node of an instance read and compared with every stamp
 -- of it; one UPDATE per stamp pays the statement's set-up, CHECK constraints included, each
--- time.
+-- time. (A join, unlike the other writes of a batch, as a node's key has two columns; it
+-- stays the right way round because df.nodes keeps the nodes of finished instances, so its
+-- statistics never say it is nearly empty while a burst of work fills it.)
 CREATE FUNCTION df._write_stamps(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
@@ -99,40 +107,47 @@ $$;
 -- the fiber's four indexes) where its page has room — most of them, with the table's
 -- fillfactor. Where it stands in the queue does not change either: the worker claims it again
 -- by its scope, at once (claim_continued).
+--
+-- No join: the fibers are found by "scope = ANY (the list)" and each takes its values from
+-- the plans by its scope. Joined with the list, a table whose statistics say it holds a row
+-- or two — what they say after a burst of work, its pages nearly empty, while the next burst
+-- fills them again — was read whole, every fiber compared with the whole list (120 ms a batch
+-- with 5,000 fibers, 10 ms a batch even at 100,000 with the usual statistics); disabling
+-- scans does not prevent it, the planner then keeps a disabled plan.
 CREATE FUNCTION df._write_fibers(p_plans jsonb[]) RETURNS TABLE (scope text, parent_scope text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 #variable_conflict use_column
+DECLARE
+    fibers jsonb;
+    scopes text[];
 BEGIN
+    SELECT jsonb_object_agg(x->>'scope', x->'fiber'), array_agg(x->>'scope')
+      INTO fibers, scopes
+      FROM unnest(p_plans) x
+     WHERE jsonb_typeof(x->'fiber') = 'object';
     RETURN QUERY
     WITH written AS (
         UPDATE df._fibers f
-           SET node_id = m.node_id,
-               status = m.status,
-               run_at = CASE WHEN m.status = 'ready' AND m.delay = 0 AND m.not_before IS NULL
-                                  AND f.status = 'ready' AND f.run_at <= now()
-                             THEN f.run_at
-                             ELSE greatest(clock_timestamp() + make_interval(secs => m.delay),
-                                           coalesce(to_timestamp(m.not_before), '-infinity'))
-                        END,
-               generation = m.generation,
-               results = m.results,
-               state = m.state,
-               pending = m.pending,
-               wake_at_pending = m.wake_at_pending,
+           SET (node_id, status, run_at, generation, results, state, pending, wake_at_pending,
+                outcome, awaiting) =
+               (SELECT m.node_id, m.status,
+                       CASE WHEN m.status = 'ready' AND m.delay = 0 AND m.not_before IS NULL
+                                 AND f.status = 'ready' AND f.run_at <= now()
+                            THEN f.run_at
+                            ELSE greatest(clock_timestamp() + make_interval(secs => m.delay),
+                                          coalesce(to_timestamp(m.not_before), '-infinity'))
+                       END,
+                       m.generation, m.results, m.state, m.pending, m.wake_at_pending,
+                       m.outcome, m.awaiting
+                  FROM jsonb_to_record(fibers -> f.scope)
+                       AS m(node_id text, status text, delay float8, not_before float8,
+                            generation int, results jsonb, state jsonb, pending int,
+                            wake_at_pending int, outcome jsonb, awaiting text)),
                first_done = NULL,
-               outcome = m.outcome,
-               awaiting = m.awaiting,
                version = f.version + 1,
                updated_at = now()
-          FROM (SELECT x->>'scope' AS scope, r.*
-                  FROM unnest(p_plans) x,
-                       jsonb_to_record(x->'fiber')
-                           AS r(node_id text, status text, delay float8, not_before float8,
-                                generation int, results jsonb, state jsonb, pending int,
-                                wake_at_pending int, outcome jsonb, awaiting text)
-                 WHERE jsonb_typeof(x->'fiber') = 'object') m
-         WHERE f.scope = m.scope
+         WHERE f.scope = ANY (scopes)
         RETURNING f.scope, f.parent_scope
     )
     SELECT w.scope, w.parent_scope FROM written w;
@@ -155,7 +170,7 @@ DECLARE
 BEGIN
     IF coalesce((p->>'mark_running')::boolean, false) THEN
         UPDATE df.instances SET status = 'running', updated_at = now()
-         WHERE id = v_instance AND status = 'pending';
+         WHERE id = v_instance AND (status = 'pending') IS TRUE;
         UPDATE df._instance_state SET started_at = now() WHERE instance_id = v_instance;
     END IF;
 
@@ -181,7 +196,7 @@ BEGIN
 
     IF jsonb_array_length(coalesce(p->'deletes', '[]')) > 0 THEN
         DELETE FROM df._fibers
-         WHERE scope IN (SELECT jsonb_array_elements_text(p->'deletes'));
+         WHERE scope = ANY (ARRAY(SELECT jsonb_array_elements_text(p->'deletes')));
     END IF;
 
     -- Losing RACE branches: remove what is not running right now (a running step finds its
@@ -234,9 +249,7 @@ BEGIN
          WHERE instance_id = v_instance;
         -- Whatever else is left of the instance (nothing, unless a stale step still runs),
         -- and signals nobody will wait for any more.
-        DELETE FROM df._fibers
-         WHERE scope IN (SELECT x.scope FROM df._fibers x WHERE x.instance_id = v_instance
-                            FOR UPDATE SKIP LOCKED);
+        PERFORM df._drop_fibers(v_instance, v_instance);
         DELETE FROM df._signals WHERE instance_id = v_instance;
     END IF;
     RETURN v_woke = 'ready';
@@ -245,15 +258,17 @@ $$;
 
 -- The plans of a batch that create no fibers and finish no child — nearly all of them: a
 -- fiber moves along, or a root fiber finishes its instance — written together: one statement
--- per table for the whole batch instead of several per plan. Hash and merge joins are off so
--- that each row is found by its primary key, whatever the planner guesses about the number of
--- stamps.
+-- per table for the whole batch instead of several per plan. Rows are found by
+-- "key = ANY (the list)" and take their values from the plans by their key, as in
+-- df._write_fibers: no join whose order the planner could turn round.
 CREATE FUNCTION df._apply_moves(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 DECLARE
+    -- The finished instances: their ids, and their "instance" by id.
     finished text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
                               WHERE jsonb_typeof(x->'instance') = 'object');
+    outcomes jsonb;
     -- (An instance that starts and finishes here — one quick step — is written once, as
     -- finished.)
     starting text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
@@ -271,15 +286,12 @@ BEGIN
       INTO moving, consumed, counted
       FROM unnest(p_plans) x;
     IF cardinality(starting) > 0 THEN
-        -- Each found by primary key: joined, not "id = ANY", and with a status test
-        -- idx_instances_status cannot serve — planned from statistics taken while nothing
-        -- was pending, either would scan that index for all the pending instances, per row.
+        -- (A status test idx_instances_status cannot serve: planned from statistics taken
+        -- while nothing was pending, a plain one would read every pending instance.)
         UPDATE df.instances i SET status = 'running', updated_at = now()
-          FROM unnest(starting) s(id)
-         WHERE i.id = s.id AND (i.status = 'pending') IS TRUE;
+         WHERE i.id = ANY (starting) AND (i.status = 'pending') IS TRUE;
         UPDATE df._instance_state st SET started_at = now()
-          FROM unnest(starting) s(id)
-         WHERE st.instance_id = s.id;
+         WHERE st.instance_id = ANY (starting);
     END IF;
     PERFORM df._write_stamps(p_plans);
     IF moving THEN
@@ -288,36 +300,39 @@ BEGIN
     IF consumed THEN
         -- Finished children their parents consumed.
         DELETE FROM df._fibers
-         WHERE scope IN (SELECT jsonb_array_elements_text(x->'deletes') FROM unnest(p_plans) x);
+         WHERE scope = ANY (ARRAY(SELECT jsonb_array_elements_text(x->'deletes')
+                                    FROM unnest(p_plans) x));
     END IF;
     IF counted THEN
         -- Root loops report their iterations while they run (df.list_instances'
         -- execution_count).
-        UPDATE df._instance_state s
-           SET execution_count = (x->>'execution_count')::bigint
+        SELECT jsonb_object_agg(x->>'instance_id', x->'execution_count') INTO outcomes
           FROM unnest(p_plans) x
-         WHERE x ? 'execution_count' AND s.instance_id = x->>'instance_id';
+         WHERE x ? 'execution_count';
+        UPDATE df._instance_state s
+           SET execution_count = (outcomes->>s.instance_id)::bigint
+         WHERE s.instance_id = ANY (ARRAY(SELECT jsonb_object_keys(outcomes)));
     END IF;
     IF cardinality(finished) = 0 THEN
         RETURN;
     END IF;
     -- Finished instances. completed_at is when the instance completed, not when its last
     -- transaction began (a batch's transaction can be older than its commit by the window).
-    UPDATE df.instances i
-       SET status = x->'instance'->>'status',
-           updated_at = now(),
-           completed_at = CASE WHEN x->'instance'->>'status' = 'completed'
-                               THEN clock_timestamp() END
+    SELECT jsonb_object_agg(x->>'instance_id', x->'instance') INTO outcomes
       FROM unnest(p_plans) x
-     WHERE jsonb_typeof(x->'instance') = 'object' AND i.id = x->>'instance_id'
-       AND i.status NOT IN ('completed', 'failed', 'cancelled');
+     WHERE jsonb_typeof(x->'instance') = 'object';
+    UPDATE df.instances i
+       SET status = outcomes->i.id->>'status',
+           updated_at = now(),
+           completed_at = CASE WHEN outcomes->i.id->>'status' = 'completed'
+                               THEN clock_timestamp() END
+     WHERE i.id = ANY (finished) AND (i.status NOT IN ('completed', 'failed', 'cancelled')) IS TRUE;
     UPDATE df._instance_state s
-       SET output = x->'instance'->>'output',
-           execution_count = (x->'instance'->>'execution_count')::bigint,
+       SET output = outcomes->s.instance_id->>'output',
+           execution_count = (outcomes->s.instance_id->>'execution_count')::bigint,
            started_at = coalesce(s.started_at, now()),
            finished_at = now()
-      FROM unnest(p_plans) x
-     WHERE jsonb_typeof(x->'instance') = 'object' AND s.instance_id = x->>'instance_id';
+     WHERE s.instance_id = ANY (finished);
     -- Their root fibers (a root fiber's scope is its instance id); any other fiber still
     -- left goes when it is next claimed or swept (its instance no longer runs). And signals
     -- nobody will wait for any more.
@@ -343,10 +358,10 @@ DECLARE
     -- all of them, each instance found by its primary key. (The status test is written so
     -- that idx_instances_status cannot serve it: planned from statistics taken while little
     -- ran, a plain IN read every pending and running instance through that index per plan.)
-    running  text[] := ARRAY(SELECT i.id::text
-                               FROM jsonb_array_elements(p_plans) x
-                               JOIN df.instances i ON i.id = x->>'instance_id'
-                              WHERE x->'fiber'->>'parent_scope' IS NULL
+    running  text[] := ARRAY(SELECT i.id::text FROM df.instances i
+                              WHERE i.id = ANY (ARRAY(SELECT x->>'instance_id'
+                                                        FROM jsonb_array_elements(p_plans) x
+                                                       WHERE x->'fiber'->>'parent_scope' IS NULL))
                                 AND (i.status IN ('pending', 'running')) IS TRUE);
 BEGIN
     FOR p IN SELECT jsonb_array_elements(p_plans) LOOP
@@ -380,7 +395,7 @@ BEGIN
         -- The signals its waits took leave the inbox with the plan, never without it.
         IF jsonb_array_length(coalesce(p->'signals', '[]')) > 0 THEN
             DELETE FROM df._signals
-             WHERE id IN (SELECT jsonb_array_elements_text(p->'signals')::bigint);
+             WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(p->'signals')::bigint));
         END IF;
         IF coalesce((p->>'notify')::boolean, false) THEN
             v_notify := true;
@@ -439,11 +454,8 @@ BEGIN
     ), claimed AS (
         SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
                f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
-               f.first_done, f.version, i.status AS instance_status,
-               extract(epoch FROM now())::float8 AS db_now,
-               (SELECT backlog FROM share) AS backlog
+               f.first_done, f.version
           FROM df._fibers f
-          JOIN df.instances i ON i.id = f.instance_id
          WHERE f.status = 'ready' AND f.run_at <= now()
            AND (p_lanes = 1 OR (SELECT backlog FROM share) < 4 * p_lanes
                 OR mod(abs(hashtext(f.scope)::bigint), p_lanes) = p_lane)
@@ -457,10 +469,14 @@ BEGIN
     -- reading a row to locking it, the likelier the row has changed meanwhile, and a claim
     -- keeps the lock of a row it took but no longer wants (df._wake_for_signal in
     -- 35_signals.sql).
-    SELECT c.*,
+    SELECT c.scope, c.instance_id, c.parent_scope, c.branch, c.spawned_at_node,
+           c.parent_generation, c.root_node, c.node_id, c.generation, c.results, c.state,
+           c.first_done, c.version,
+           (SELECT i.status FROM df.instances i WHERE i.id = c.instance_id),
+           extract(epoch FROM now())::float8, (SELECT backlog FROM share),
            CASE WHEN c.parent_scope IS NULL AND c.state ? 'start' THEN
                (SELECT to_jsonb(l) FROM df._load_instances(ARRAY[c.instance_id::text]) l)
-           END AS loaded
+           END
       FROM claimed c;
 END
 $$;
@@ -468,7 +484,7 @@ $$;
 -- Claim the fibers of a list again, those still runnable and not held elsewhere (see the
 -- claim_continued query), each by its primary key: the status test is one that the partial
 -- index _fibers_ready cannot serve (a planner that believes few fibers are runnable would
--- rather read every runnable fiber through it), and the instance is found by its primary key.
+-- rather read every runnable fiber through it).
 CREATE FUNCTION df._claim_fibers(p_scopes text[])
 RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                spawned_at_node varchar, parent_generation int, root_node varchar,
@@ -481,9 +497,10 @@ BEGIN
     RETURN QUERY
     SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
            f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
-           f.first_done, f.version, i.status, extract(epoch FROM now())::float8
+           f.first_done, f.version,
+           (SELECT i.status FROM df.instances i WHERE i.id = f.instance_id),
+           extract(epoch FROM now())::float8
       FROM df._fibers f
-      JOIN df.instances i ON i.id = f.instance_id
      WHERE f.scope = ANY (p_scopes) AND (f.status = 'ready') IS TRUE AND f.run_at <= now()
        FOR UPDATE OF f SKIP LOCKED;
 END
@@ -576,8 +593,8 @@ BEGIN
      WHERE instance_id = p_instance;
     UPDATE df.nodes n
        SET status = 'failed', result = to_jsonb(p_message), updated_at = now()
-      FROM df.instances i
-     WHERE i.id = p_instance AND n.instance_id = i.id AND n.id = i.root_node;
+     WHERE n.instance_id = p_instance
+       AND n.id = (SELECT i.root_node FROM df.instances i WHERE i.id = p_instance);
     PERFORM df._drop_fibers(p_instance, p_instance);
     DELETE FROM df._signals WHERE instance_id = p_instance;
 END
