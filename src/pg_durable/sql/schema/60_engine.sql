@@ -110,11 +110,12 @@ $$;
 --
 -- No join: the fibers are found by "scope = ANY (the list)" and each takes its values from
 -- the plans by its place in the list (array_position: a batch is at most a few dozen plans;
--- jsonb_object_agg, for a jsonb object to look them up in, takes 0.6 ms for 64). Joined with the list, a table whose statistics say it holds a row
--- or two — what they say after a burst of work, its pages nearly empty, while the next burst
--- fills them again — was read whole, every fiber compared with the whole list (120 ms a batch
--- with 5,000 fibers, 10 ms a batch even at 100,000 with the usual statistics); disabling
--- scans does not prevent it, the planner then keeps a disabled plan.
+-- jsonb_object_agg, for a jsonb object to look them up in, takes 0.6 ms for 64). Joined with
+-- the list, a table whose statistics say it holds a row or two — what they say after a burst
+-- of work, its pages nearly empty, while the next burst fills them again — was read whole,
+-- every fiber compared with the whole list (120 ms a batch with 5,000 fibers, 10 ms a batch
+-- even at 100,000 with the usual statistics); disabling scans does not prevent it, the
+-- planner then keeps a disabled plan.
 CREATE FUNCTION df._write_fibers(p_plans jsonb[]) RETURNS TABLE (scope text, parent_scope text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
