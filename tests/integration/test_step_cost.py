@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 
@@ -40,6 +40,16 @@ def _reads(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def _blocks_read_by(conn: psycopg.Connection[Any], query: LiteralString) -> tuple[int, Any]:
+    """Run ``query`` in a transaction of its own on ``conn`` (a session with
+    stats_fetch_consistency = none); return the df blocks it read and its first row."""
+    before = _reads(conn)[0]
+    with conn.transaction():
+        row = conn.execute(query).fetchone()
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    return _reads(conn)[0] - before, row
 
 
 def _reads_per_step(
@@ -178,12 +188,9 @@ def test_a_claim_reads_what_it_takes_not_the_whole_queue(dsn: str) -> None:
             # (Random reads made dear: what the planner sees in a big queue, here in a small.)
             conn.execute("SET random_page_cost = 100")
             for _ in range(2):
-                before = _reads(conn)[0]
-                with conn.transaction():
-                    claimed = conn.execute("SELECT count(*) FROM df._claim(1, 1, 1, 0)").fetchone()
+                read, claimed = _blocks_read_by(conn, "SELECT count(*) FROM df._claim(1, 1, 1, 0)")
                 assert claimed == (1,)
-                conn.execute("SELECT pg_stat_force_next_flush()")
-            return _reads(conn)[0] - before
+            return read
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE df.instances, df.nodes, df._instance_state, df._fibers")
@@ -224,17 +231,15 @@ def test_writing_fibers_reads_those_fibers_not_the_whole_table(dsn: str) -> None
 
     def write_reads(conn: psycopg.Connection[Any]) -> int:
         """Blocks df._write_fibers reads to write 64 fibers as they stand."""
-        before = _reads(conn)[0]
-        with conn.transaction():
-            written = conn.execute(
-                """SELECT count(*) FROM df._write_fibers(ARRAY(
-                       SELECT jsonb_build_object('scope', f.scope,
-                                                 'fiber', to_jsonb(f) || '{"delay": 0}')
-                         FROM df._fibers f ORDER BY f.scope LIMIT 64))"""
-            ).fetchone()
+        read, written = _blocks_read_by(
+            conn,
+            """SELECT count(*) FROM df._write_fibers(ARRAY(
+                   SELECT jsonb_build_object('scope', f.scope,
+                                             'fiber', to_jsonb(f) || '{"delay": 0}')
+                     FROM df._fibers f ORDER BY f.scope LIMIT 64))""",
+        )
         assert written == (64,)
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        return _reads(conn)[0] - before
+        return read
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET stats_fetch_consistency = none")

@@ -12,8 +12,8 @@
 --   probed, however large it has grown since. So the functions on the hot path run with
 --   sequential scans, hash and merge joins off; a batch's rows are found by "key = ANY (the
 --   list)" and take their values from the plans by their place in the list, never by a join
---   with the list; a single value is looked up by a scalar subquery; and statuses are tested in a
---   form that a status index cannot serve.
+--   with the list; a single value is looked up by a scalar subquery; and statuses are tested
+--   in a form that a status index cannot serve.
 -- * Functions are PL/pgSQL, whose statements are planned once per session. A LANGUAGE sql
 --   function with a SET clause is never inlined, and its statements are planned anew at
 --   every call.
@@ -267,13 +267,12 @@ CREATE FUNCTION df._apply_moves(p_plans jsonb[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 DECLARE
-    -- The instances the plans finish.
-    finished text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
-                              WHERE jsonb_typeof(x->'instance') = 'object');
-    -- Instance ids, and beside each (same place) its "instance" or its execution_count.
-    ids      text[];
+    -- The instances the plans finish, and beside each (same place) its "instance".
+    finished text[];
     outcomes jsonb[];
-    counts   bigint[];
+    -- The instances whose loops report their iterations, and beside each the count.
+    counted_ids text[];
+    counts      bigint[];
     -- (An instance that starts and finishes here — one quick step — is written once, as
     -- finished.)
     starting text[] := ARRAY(SELECT x->>'instance_id' FROM unnest(p_plans) x
@@ -312,35 +311,35 @@ BEGIN
         -- Root loops report their iterations while they run (df.list_instances'
         -- execution_count).
         SELECT array_agg(x->>'instance_id'), array_agg((x->>'execution_count')::bigint)
-          INTO ids, counts
+          INTO counted_ids, counts
           FROM unnest(p_plans) x
          WHERE x ? 'execution_count';
         UPDATE df._instance_state s
-           SET execution_count = counts[array_position(ids, s.instance_id::text)]
-         WHERE s.instance_id = ANY (ids);
+           SET execution_count = counts[array_position(counted_ids, s.instance_id::text)]
+         WHERE s.instance_id = ANY (counted_ids);
     END IF;
-    IF cardinality(finished) = 0 THEN
+    SELECT array_agg(x->>'instance_id'), array_agg(x->'instance') INTO finished, outcomes
+      FROM unnest(p_plans) x
+     WHERE jsonb_typeof(x->'instance') = 'object';
+    IF finished IS NULL THEN
         RETURN;
     END IF;
     -- Finished instances. completed_at is when the instance completed, not when its last
     -- transaction began (a batch's transaction can be older than its commit by the window).
-    SELECT array_agg(x->>'instance_id'), array_agg(x->'instance') INTO ids, outcomes
-      FROM unnest(p_plans) x
-     WHERE jsonb_typeof(x->'instance') = 'object';
     UPDATE df.instances i
        SET (status, completed_at) =
            (SELECT o->>'status',
                    CASE WHEN o->>'status' = 'completed' THEN clock_timestamp() END
-              FROM (SELECT outcomes[array_position(ids, i.id::text)] AS o) x),
+              FROM (SELECT outcomes[array_position(finished, i.id::text)] AS o) x),
            updated_at = now()
-     WHERE i.id = ANY (ids) AND (i.status NOT IN ('completed', 'failed', 'cancelled')) IS TRUE;
+     WHERE i.id = ANY (finished) AND (i.status NOT IN ('completed', 'failed', 'cancelled')) IS TRUE;
     UPDATE df._instance_state s
        SET (output, execution_count) =
            (SELECT o->>'output', (o->>'execution_count')::bigint
-              FROM (SELECT outcomes[array_position(ids, s.instance_id::text)] AS o) x),
+              FROM (SELECT outcomes[array_position(finished, s.instance_id::text)] AS o) x),
            started_at = coalesce(s.started_at, now()),
            finished_at = now()
-     WHERE s.instance_id = ANY (ids);
+     WHERE s.instance_id = ANY (finished);
     -- Their root fibers (a root fiber's scope is its instance id); any other fiber still
     -- left goes when it is next claimed or swept (its instance no longer runs). And signals
     -- nobody will wait for any more.
