@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "pg_durable"
 _SWEEP_INTERVAL = 30.0
+#: Fibers the sweep examines per statement, and statements per interval: a table of more
+#: fibers than that is swept over several intervals, so that the sweep costs the same whatever
+#: the work in flight (fibers left behind are rare; a ready one is dropped when claimed).
+_SWEEP_BATCH = 1000
+_SWEEP_BATCHES = 10
 #: Finished instances removed per transaction (SPEC's reclaim batch).
 _PRUNE_BATCH = 1000
 #: Notifications of new work per second above which a slot lets a small batch gather first.
@@ -359,10 +364,20 @@ class Worker:
             await self._sleep_or_stop(self.settings.heartbeat_interval)
 
     async def _sweep(self) -> None:
+        after = ""  # where the sweep of fibers goes on (df._sweep_fibers)
         while not self._stopping.is_set():
+            for _ in range(_SWEEP_BATCHES):
+                async with self._control_lock:
+                    conn = await self._control_conn()
+                    cur = await conn.execute(
+                        query("sweep"), {"after": after, "batch": _SWEEP_BATCH}
+                    )
+                    row = await cur.fetchone()
+                after = "" if row is None or row["last"] is None else row["last"]
+                if not after:
+                    break
             async with self._control_lock:
                 conn = await self._control_conn()
-                await conn.execute(query("sweep"))
                 await conn.execute(query("sweep_signals"))
                 await conn.execute(query("wake_signalled"))
             await self._prune()

@@ -60,40 +60,34 @@ SELECT df._fail_instance(%(instance_id)s, %(message)s)
 SELECT df._drop_fibers(%(instance_id)s, %(scope)s)
 
 -- name: sweep
--- Fibers nobody will ever run: of finished instances, or whose parent is gone or moved on.
-DELETE FROM df._fibers
- WHERE scope IN (
-        SELECT f.scope
-          FROM df._fibers f
-          LEFT JOIN df.instances i ON i.id = f.instance_id
-          LEFT JOIN df._fibers p ON p.scope = f.parent_scope
-         WHERE i.id IS NULL
-            OR i.status NOT IN ('pending', 'running')
-            OR (f.parent_scope IS NOT NULL
-                AND (p.scope IS NULL OR p.status <> 'waiting'
-                     OR p.node_id <> f.spawned_at_node OR p.generation <> f.parent_generation)
-                AND f.status <> 'done')
-         LIMIT 1000
-           FOR UPDATE OF f SKIP LOCKED)
+-- The next batch of fibers nobody will ever run (df._sweep_fibers); "last" is where the next
+-- batch begins, NULL at the end of the table.
+SELECT df._sweep_fibers(%(after)s, %(batch)s) AS last
 
 -- name: sweep_signals
--- Signals of instances that ended (cancelled, say) while they were in the inbox.
+-- Signals of instances that ended (cancelled, say) while they were in the inbox. Each list is
+-- an array made once, each row found by its key (60_engine.sql): "id IN (a subquery with
+-- LIMIT)" may run the subquery again for every row, and a join may read every instance.
 DELETE FROM df._signals
- WHERE id IN (SELECT s.id FROM df._signals s
-               WHERE NOT EXISTS (SELECT 1 FROM df.instances i
-                                  WHERE i.id = s.instance_id
-                                    AND i.status IN ('pending', 'running'))
-               LIMIT 1000)
+ WHERE id = ANY (ARRAY(
+        SELECT s.id FROM df._signals s
+         WHERE ((SELECT i.status FROM df.instances i WHERE i.id = s.instance_id)
+                IN ('pending', 'running')) IS NOT TRUE
+         LIMIT 1000))
 
 -- name: wake_signalled
 -- Fibers that still wait for a signal given to them: df.signal could not wake them (another
 -- transaction held the fiber longer than it waits; df._wake_for_signal in 35_signals.sql).
+-- Found from the signals, each fiber by its key.
 UPDATE df._fibers SET run_at = now()
- WHERE scope IN (SELECT f.scope
-                   FROM df._signals s
-                   JOIN df._fibers f ON f.scope = s.scope AND f.awaiting = s.name
-                  WHERE s.scope IS NOT NULL AND f.run_at > now()
-                    FOR UPDATE OF f SKIP LOCKED)
+ WHERE scope = ANY (ARRAY(
+        SELECT f.scope
+          FROM df._fibers f
+         WHERE f.scope = ANY (ARRAY(SELECT s.scope FROM df._signals s WHERE s.scope IS NOT NULL))
+           AND f.run_at > now()
+           AND EXISTS (SELECT 1 FROM df._signals s
+                        WHERE s.scope = f.scope AND s.name = f.awaiting)
+           FOR UPDATE OF f SKIP LOCKED))
 
 -- name: prune_finished
 -- One batch of finished instances past the retention period (70_retention.sql).

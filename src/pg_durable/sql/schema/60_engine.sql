@@ -74,6 +74,47 @@ BEGIN
 END
 $$;
 
+-- The workers' sweep (engine/worker.py): fibers nobody will ever run — of a finished or
+-- removed instance, or a child whose parent is gone or has moved on — are removed, except
+-- rows another worker holds right now. A call examines the next p_batch fibers in the order of
+-- their keys after p_after ('' for the first) and returns the last key it examined, where the
+-- next call goes on (NULL: no fiber was left). Each call is a short statement whatever the
+-- table holds, and finds the batch's rows by primary key (the rules at the top of this file):
+-- a sweep that looked through every fiber at once, and one that read a range of keys through
+-- whichever index statistics of an empty table made look as cheap, ran for minutes with
+-- 100,000 fibers in flight, and for as long as it ran no dead row could be removed anywhere —
+-- a fiber's update could no longer reuse its own page (HOT), and the claims walked hundreds
+-- of thousands of dead entries of the ready queue (a step cost the server twice as much).
+-- Whether a fiber is left behind does not change once it is: an instance that finished stays
+-- finished, a parent that moved on never comes back to the same generation.
+CREATE FUNCTION df._sweep_fibers(p_after text, p_batch int) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
+SET enable_mergejoin = off SET enable_sort = off SET jit = off AS $$
+DECLARE
+    v_scopes text[];
+BEGIN
+    v_scopes := ARRAY(SELECT f.scope FROM df._fibers f
+                       WHERE f.scope > p_after ORDER BY f.scope LIMIT p_batch);
+    IF cardinality(v_scopes) = 0 THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM df._fibers
+     WHERE scope = ANY (ARRAY(
+               SELECT f.scope
+                 FROM df._fibers f
+                WHERE f.scope = ANY (v_scopes)
+                  AND (((SELECT i.status FROM df.instances i WHERE i.id = f.instance_id)
+                        IN ('pending', 'running')) IS NOT TRUE
+                       OR (f.parent_scope IS NOT NULL AND f.status <> 'done'
+                           AND (SELECT p.status = 'waiting' AND p.node_id = f.spawned_at_node
+                                       AND p.generation = f.parent_generation
+                                  FROM df._fibers p WHERE p.scope = f.parent_scope) IS NOT TRUE))
+                  FOR UPDATE OF f SKIP LOCKED));
+    RETURN v_scopes[cardinality(v_scopes)];
+END
+$$;
+
 -- Write the node stamps of plans in one statement. A stamp is {"id", "status", "result",
 -- "status_details"}, its result the node's result as a JSON value (no "result": none), and
 -- status_details whole (execution_id, and a RETRY's attempts): nothing to parse or build per
@@ -609,6 +650,7 @@ $$;
 
 REVOKE ALL ON FUNCTION df._fiber_alive(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._drop_fibers(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._sweep_fibers(text, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._write_stamps(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._write_fibers(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
