@@ -296,3 +296,29 @@ def test_a_sweep_reads_a_batch_of_fibers_not_the_whole_table(dsn: str) -> None:
         many = sweep_reads(conn)
         assert conn.execute("SELECT count(*) FROM df._fibers").fetchone() == (6001,)
     assert many < few + 50, f"a sweep read {few} blocks with 1,001 fibers, {many} with 6,001"
+
+
+def test_a_lone_step_leaves_row_versions_every_scan_knows_for_dead(
+    conn: psycopg.Connection[Any], worker: WorkerThread
+) -> None:
+    """A step that runs alone runs after a savepoint; its fiber is written once the
+    savepoint is released. Written inside it — by a subtransaction of the transaction that
+    locked the row when it claimed it — each row version got a MultiXact for its xmax, and
+    an index scan cannot tell such a version dead: the ready queue's entries of finished
+    fibers were read by every claim until the next VACUUM, and a step took a MultiXact."""
+    conn.execute("ALTER TABLE df._fibers SET (autovacuum_enabled = off)")
+    for _ in range(50):
+        row = conn.execute("SELECT df.start('SELECT 1')").fetchone()
+        assert row is not None
+        assert wait_for(conn, str(row[0])) == "completed"
+    queue = """SELECT count(*) FROM (SELECT 1 FROM df._fibers
+                                       WHERE status = 'ready' AND run_at <= now()
+                                       ORDER BY run_at LIMIT 256) ready"""
+    assert conn.execute(queue).fetchone() == (0,)  # (the scan that drops the dead entries)
+    row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {queue}").fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    while "Plans" in plan:
+        plan = plan["Plans"][0]
+    assert plan["Node Type"] == "Index Only Scan", plan
+    assert plan["Heap Fetches"] < 5, f"the queue's scan visited {plan['Heap Fetches']} fibers"

@@ -350,6 +350,14 @@ class Executor:
         if plans or go_on:
             async with conn.pipeline():
                 stale = None
+                if conns.savepoint:
+                    # Written inside the savepoint, the rows the claim locked would be changed
+                    # by a subtransaction of the transaction that holds their locks, and each
+                    # would get a MultiXact for its xmax: a MultiXact per step, and dead row
+                    # versions that no scan recognises as dead (the queue's index entries of
+                    # finished fibers were walked by every claim until the next VACUUM).
+                    await conn.execute("RELEASE SAVEPOINT step")
+                    conns.savepoint = False
                 if plans:
                     stale = await conn.execute(query("commit_steps"), {"plans": Jsonb(plans)})
                 await conn.execute("COMMIT")
@@ -399,6 +407,7 @@ class Executor:
         returns those to commit, the rows to run alone, and how many were released without
         running (the window had passed)."""
         conns.taken_signals = []  # a new transaction
+        conns.savepoint = False
         batched = len(rows) > 1
         runs: list[_Run] = []
         alone: list[Row] = []

@@ -107,6 +107,9 @@ class Connections:
     remote: dict[str, Connections] = field(default_factory=dict)
     #: Signals taken from the inbox by the fibers of the open transaction (engine/executor.py).
     taken_signals: list[int] = field(default_factory=list)
+    #: Whether the open transaction holds a lone step's ``SAVEPOINT step`` (released before
+    #: its plans are written: executor.py, _commit).
+    savepoint: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,7 @@ class SqlSteps:
             piped = not limited and len(statement.text) <= _PIPELINE_MAX_TEXT
             async with conn.pipeline() if piped else contextlib.nullcontext():
                 await conn.execute("SAVEPOINT step")
+                conns.savepoint = True
                 if timeout is not None:
                     await conn.execute(query("local_statement_timeout"), {"value": timeout})
                 limit = await _limit_time(conn, statement.deadline, statement.step_timeout, True)

@@ -100,6 +100,9 @@ class Slot:
     batch_started: float | None = None
     #: Waiting for work (in _idle); set again by whoever wakes it through ``wake``.
     idle: bool = False
+    #: How many notifications of new work the worker had heard when this slot last began to
+    #: look for work (see _idle).
+    heard: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -155,6 +158,8 @@ class Worker:
         self._side_tasks: list[asyncio.Task[None]] = []
         #: When the notifications of new work of the last second arrived (see _busy).
         self._arrivals: deque[float] = deque()
+        #: Notifications of new work heard so far.
+        self._notified = 0
         self.started = asyncio.Event()
 
     @property
@@ -414,6 +419,7 @@ class Worker:
         """New work was committed somewhere: one slot looks (and, if it finds some, it wakes
         the next — _run_available)."""
         self._arrivals.append(time.monotonic())
+        self._notified += 1
         if not self._about_to_look():
             self._wake_slots(1)
 
@@ -483,9 +489,11 @@ class Worker:
                             slot.index,
                             extra={"action": "reconnected", **self.log_extra},
                         )
-                found = await self._run_available(slot, slot.conns)
+                await self._run_available(slot, slot.conns)
                 backoff.reset()
-                if not found:
+                if not self._stopping.is_set():
+                    # Its last claim found nothing: it waits for work — or looks again at once
+                    # if some was announced since that claim began (_idle).
                     await self._idle(slot)
             except asyncio.CancelledError:
                 raise
@@ -513,19 +521,18 @@ class Worker:
                 slot.instance_id = None
                 slot.batch_started = None
 
-    async def _run_available(self, slot: Slot, conns: Connections) -> bool:
-        """Claim and run batches until nothing is runnable; False if nothing was found."""
+    async def _run_available(self, slot: Slot, conns: Connections) -> None:
+        """Claim and run batches until a claim finds nothing runnable."""
         conn = conns.conn
-        found = gathered = False
+        gathered = False
         while not self._stopping.is_set():
             awake = [s for s in self._slots if not s.idle]
             lane = next(i for i, s in enumerate(awake) if s is slot)
+            slot.heard = self._notified
             rows = await self._claim(conn, len(awake), lane)
-            if not rows and len(awake) > 1:
-                rows = await self._claim(conn, len(awake), 0, lanes=1)  # its lane was empty
             if not rows:
                 slot.batch_started = None
-                return found
+                return
             if (
                 len(rows) < _SMALL_BATCH
                 and not gathered
@@ -541,7 +548,6 @@ class Worker:
                 gathered = True
                 continue
             gathered = False
-            found = True
             slot.batch_started = time.monotonic()
             if rows[0]["backlog"] > len(rows):
                 # There is more: one more slot looks (and, if it finds some, the next).
@@ -572,7 +578,6 @@ class Worker:
                 slot.instance_id = str(row["instance_id"])
                 await self.executor.run_single(conns, dict(row))
                 slot.instance_id = None
-        return found
 
     async def _run_batch(self, slot: Slot, conns: Connections, rows: list[dict[str, Any]]) -> Batch:
         # A batch of several fibers runs each alone when one of them fails unexpectedly; a
@@ -583,12 +588,10 @@ class Worker:
         slot.instance_id = None
         return batch
 
-    async def _claim(
-        self, conn: AConn, awake: int, lane: int, lanes: int | None = None
-    ) -> list[dict[str, Any]]:
+    async def _claim(self, conn: AConn, awake: int, lane: int) -> list[dict[str, Any]]:
         """Begin a transaction and claim this slot's share of the runnable fibers: the
         backlog divided among the ``awake`` slots; from a long queue, those of its ``lane``
-        (one per awake slot). No fibers: no transaction."""
+        (one per awake slot), or any if its lane has none. No fibers: no transaction."""
         began = time.monotonic()
         async with conn.pipeline():  # one round trip
             await conn.execute("BEGIN")
@@ -597,7 +600,7 @@ class Worker:
                 {
                     "batch_size": self.settings.batch_size,
                     "slots": awake,
-                    "lanes": awake if lanes is None else lanes,
+                    "lanes": awake,
                     "lane": lane,
                 },
             )
@@ -616,7 +619,10 @@ class Worker:
         due = None if row is None else next(iter(row.values()))
         if due is not None:
             timeout = max(0.0, min(timeout, float(due)))
-        if timeout <= 0:
+        if timeout <= 0 or self._notified != slot.heard:
+            # Work was announced since this slot last looked: the notification may have woken
+            # no one (this slot was about to look, or no slot was idle yet), so it looks
+            # again rather than wait for it until the next poll.
             return
         slot.idle = True
         try:

@@ -476,7 +476,8 @@ $$;
 -- once, while a long queue is worked off in batches. Counting stops where the answer would.
 -- backlog tells the worker whether there is more than it took (then another slot looks).
 -- With a long queue each slot takes from its own lane (a hash of the scope), so that slots
--- do not all queue up for the same first rows and skip each other's locks one by one.
+-- do not all queue up for the same first rows and skip each other's locks one by one; from
+-- any lane if its own has nothing for it.
 -- A function, so that its plan is made once per session, not at every claim (the worker's
 -- step connections use no prepared statements: a step may DEALLOCATE ALL); a generic plan,
 -- and rows of df.instances found by primary key whatever the statistics say. No bitmap
@@ -491,41 +492,49 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
 SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 #variable_conflict use_column
+DECLARE
+    v_lanes int := p_lanes;
 BEGIN
-    RETURN QUERY
-    WITH share AS (
-        SELECT greatest(1, least(p_batch_size, count(*) / p_slots)) AS n, count(*) AS backlog
-          FROM (SELECT 1 FROM df._fibers
-                 WHERE status = 'ready' AND run_at <= now()
-                 ORDER BY run_at  -- by the index, not a scan through dead rows of past fibers
-                 LIMIT p_batch_size * p_slots) backlog
-    ), claimed AS (
-        SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
-               f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
-               f.first_done, f.version
-          FROM df._fibers f
-         WHERE f.status = 'ready' AND f.run_at <= now()
-           AND (p_lanes = 1 OR (SELECT backlog FROM share) < 4 * p_lanes
-                OR mod(abs(hashtext(f.scope)::bigint), p_lanes) = p_lane)
-         ORDER BY f.run_at
-         LIMIT (SELECT n FROM share)
-           FOR UPDATE OF f SKIP LOCKED
-    )
-    -- A new instance's graph comes with its first claim (see load_instances): no worker has
-    -- it cached yet, and it saves a round trip between df.start and the first step. Loaded
-    -- once the rows are locked, not while they are being found: the longer a claim takes from
-    -- reading a row to locking it, the likelier the row has changed meanwhile, and a claim
-    -- keeps the lock of a row it took but no longer wants (df._wake_for_signal in
-    -- 35_signals.sql).
-    SELECT c.scope, c.instance_id, c.parent_scope, c.branch, c.spawned_at_node,
-           c.parent_generation, c.root_node, c.node_id, c.generation, c.results, c.state,
-           c.first_done, c.version,
-           (SELECT i.status FROM df.instances i WHERE i.id = c.instance_id),
-           extract(epoch FROM now())::float8, (SELECT backlog FROM share),
-           CASE WHEN c.parent_scope IS NULL AND c.state ? 'start' THEN
-               (SELECT to_jsonb(l) FROM df._load_instances(ARRAY[c.instance_id::text]) l)
-           END
-      FROM claimed c;
+    LOOP
+        RETURN QUERY
+        WITH share AS (
+            SELECT greatest(1, least(p_batch_size, count(*) / p_slots)) AS n, count(*) AS backlog
+              FROM (SELECT 1 FROM df._fibers
+                     WHERE status = 'ready' AND run_at <= now()
+                     ORDER BY run_at  -- by the index, not a scan through dead rows of past fibers
+                     LIMIT p_batch_size * p_slots) backlog
+        ), claimed AS (
+            SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
+                   f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
+                   f.first_done, f.version
+              FROM df._fibers f
+             WHERE f.status = 'ready' AND f.run_at <= now()
+               AND (v_lanes = 1 OR (SELECT backlog FROM share) < 4 * v_lanes
+                    OR mod(abs(hashtext(f.scope)::bigint), v_lanes) = p_lane)
+             ORDER BY f.run_at
+             LIMIT (SELECT n FROM share)
+               FOR UPDATE OF f SKIP LOCKED
+        )
+        -- A new instance's graph comes with its first claim (see load_instances): no worker
+        -- has it cached yet, and it saves a round trip between df.start and the first step.
+        -- Loaded once the rows are locked, not while they are being found: the longer a claim
+        -- takes from reading a row to locking it, the likelier the row has changed meanwhile,
+        -- and a claim keeps the lock of a row it took but no longer wants (df._wake_for_signal
+        -- in 35_signals.sql).
+        SELECT c.scope, c.instance_id, c.parent_scope, c.branch, c.spawned_at_node,
+               c.parent_generation, c.root_node, c.node_id, c.generation, c.results, c.state,
+               c.first_done, c.version,
+               (SELECT i.status FROM df.instances i WHERE i.id = c.instance_id),
+               extract(epoch FROM now())::float8, (SELECT backlog FROM share),
+               CASE WHEN c.parent_scope IS NULL AND c.state ? 'start' THEN
+                   (SELECT to_jsonb(l) FROM df._load_instances(ARRAY[c.instance_id::text]) l)
+               END
+          FROM claimed c;
+        -- Its lane was empty (the others' fibers held, say): any runnable fiber will do, in the
+        -- same round trip.
+        EXIT WHEN FOUND OR v_lanes = 1;
+        v_lanes := 1;
+    END LOOP;
 END
 $$;
 
