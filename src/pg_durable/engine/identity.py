@@ -222,18 +222,15 @@ class StepRunner:
         self._described.pop((role.oid, text), None)
 
     async def run_steps(
-        self, conn: AnyConn, steps: Sequence[tuple[Role, str, bool]], window: float
+        self,
+        conn: AnyConn,
+        steps: Sequence[tuple[Role, str, bool]],
+        window: float,
+        pipeline: psycopg.AsyncPipeline | None = None,
     ) -> list[StepRows | None]:
         """Execute each (role, statement, returns rows) in the transaction open on ``conn``,
-        in one round trip (df_exec.run_steps). None for a step that did not run: the window
-        had passed before its turn."""
-        return await self.read_steps(await self.send_steps(conn, steps, window), steps)
-
-    async def send_steps(
-        self, conn: AnyConn, steps: Sequence[tuple[Role, str, bool]], window: float
-    ) -> psycopg.AsyncCursor[tuple[Any, ...]]:
-        """Send what run_steps sends — in a pipeline, with what it holds already — and return
-        the cursor whose results read_steps reads."""
+        in one round trip (df_exec.run_steps) — with what ``pipeline`` holds already, if
+        given. None for a step that did not run: the window had passed before its turn."""
         payload = [
             {"role": role.oid, "sql": text, "rows": rows, "settings": list(role.settings)}
             for role, text, rows in steps
@@ -243,12 +240,14 @@ class StepRunner:
             query("run_steps"),
             (Jsonb(payload), window, self.max_result_bytes, self.max_result_rows),
         )
-        return cur
-
-    async def read_steps(
-        self, cur: psycopg.AsyncCursor[tuple[Any, ...]], steps: Sequence[tuple[Role, str, bool]]
-    ) -> list[StepRows | None]:
-        """The results of the ``steps`` send_steps sent on ``cur``."""
+        if pipeline is not None:
+            # A Sync now, not at the end of the pipeline: until the server has one it does not
+            # count the transaction as idle once the statements are done — a worker frozen
+            # meanwhile would keep its claims past idle_in_transaction_session_timeout. (The
+            # pipeline's closing Sync would save the round trip the second one costs, but
+            # psycopg sends a Flush after it, and a message after the Sync stops the
+            # server's idle timer: test_a_frozen_worker_loses_its_claims_within_the_lease.)
+            await pipeline.sync()
         results: list[StepRows | None] = [None] * len(steps)
         for index, rows, error, seconds in await cur.fetchall():
             if error is None:

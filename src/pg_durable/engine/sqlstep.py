@@ -220,19 +220,13 @@ class SqlSteps:
             # from about 10 MB on).
             limited = statement.deadline is not None or statement.step_timeout > 0
             piped = not limited and len(statement.text) <= _PIPELINE_MAX_TEXT
-            async with conn.pipeline() if piped else contextlib.nullcontext():
+            async with conn.pipeline() if piped else contextlib.nullcontext() as pipeline:
                 await conn.execute("SAVEPOINT step")
                 conns.savepoint = True
                 if timeout is not None:
                     await conn.execute(query("local_statement_timeout"), {"value": timeout})
                 limit = await _limit_time(conn, statement.deadline, statement.step_timeout, True)
-                cur = await self.runner.send_steps(conn, steps, window)
-            # The pipeline's end sent a Sync right after the statement — until the server has
-            # one it does not count the transaction as idle once the statement is done, and a
-            # worker frozen meanwhile would keep its claims past
-            # idle_in_transaction_session_timeout — and read every result: one round trip.
-            # (A Sync of its own before reading, then the pipeline's, took two.)
-            return await self.runner.read_steps(cur, steps)
+                return await self.runner.run_steps(conn, steps, window, pipeline)
         except pgerrors.QueryCanceled as exc:
             if conns.cancel_pending:
                 conns.cancel_pending = False
