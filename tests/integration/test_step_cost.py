@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, LiteralString
 
 import psycopg
+from psycopg import sql
 
 from tests.fixtures.engine import WorkerThread, wait_for
 
@@ -42,9 +43,22 @@ def _reads(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def _without_autovacuum(conn: psycopg.Connection[Any]) -> None:
+    """No autovacuum on the df tables of this test's database: the statistics are those the
+    test takes, and the blocks counted (by every backend) are those of the statements it
+    runs — an autovacuum of df.nodes meanwhile once counted 211,674."""
+    for table in _TABLES:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(
+                sql.Identifier("df", table)
+            )
+        )
+
+
 def _blocks_read_by(conn: psycopg.Connection[Any], query: LiteralString) -> tuple[int, Any]:
     """Run ``query`` in a transaction of its own on ``conn`` (a session with
-    stats_fetch_consistency = none); return the df blocks it read and its first row."""
+    stats_fetch_consistency = none, in a database _without_autovacuum); return the df blocks
+    it read and its first row."""
     before = _reads(conn)[0]
     with conn.transaction():
         row = conn.execute(query).fetchone()
@@ -193,6 +207,7 @@ def test_a_claim_reads_what_it_takes_not_the_whole_queue(dsn: str) -> None:
             return read
 
     with psycopg.connect(dsn, autocommit=True) as conn:
+        _without_autovacuum(conn)
         conn.execute("VACUUM ANALYZE df.instances, df.nodes, df._instance_state, df._fibers")
         conn.execute("SELECT count(df.start('SELECT 1')) FROM generate_series(1, 20)")
         few = claim_reads()
@@ -243,8 +258,7 @@ def test_writing_fibers_reads_those_fibers_not_the_whole_table(dsn: str) -> None
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET stats_fetch_consistency = none")
-        # The statistics are those of the test, not of autovacuum's timing.
-        conn.execute("ALTER TABLE df._fibers SET (autovacuum_enabled = off)")
+        _without_autovacuum(conn)
         # A burst of 5,000 that has ended (cancelled: their fibers go) but for one at the end
         # of the table; the statistics taken then; and the next burst.
         conn.execute("SELECT count(df.start('SELECT 1', 'burst')) FROM generate_series(1, 5000)")
@@ -282,8 +296,7 @@ def test_a_sweep_reads_a_batch_of_fibers_not_the_whole_table(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET stats_fetch_consistency = none")
         conn.execute("SET plan_cache_mode = force_generic_plan")  # as after a few sweeps
-        # The statistics are those of the test, not of autovacuum's timing.
-        conn.execute("ALTER TABLE df._fibers SET (autovacuum_enabled = off)")
+        _without_autovacuum(conn)
         # A burst that has ended (cancelled: its fibers go) but for one at the end of the
         # table, the statistics taken then, and the next burst.
         conn.execute("SELECT count(df.start('SELECT 1', 'burst')) FROM generate_series(1, 5000)")
@@ -306,11 +319,12 @@ def test_a_lone_step_leaves_row_versions_every_scan_knows_for_dead(
     locked the row when it claimed it — each row version got a MultiXact for its xmax, and
     an index scan cannot tell such a version dead: the ready queue's entries of finished
     fibers were read by every claim until the next VACUUM, and a step took a MultiXact."""
-    conn.execute("ALTER TABLE df._fibers SET (autovacuum_enabled = off)")
+    _without_autovacuum(conn)
     for _ in range(50):
         row = conn.execute("SELECT df.start('SELECT 1')").fetchone()
         assert row is not None
         assert wait_for(conn, str(row[0])) == "completed"
+    worker.stop()  # (no transaction of its own holds back what the scan may drop)
     queue = """SELECT count(*) FROM (SELECT 1 FROM df._fibers
                                        WHERE status = 'ready' AND run_at <= now()
                                        ORDER BY run_at LIMIT 256) ready"""
