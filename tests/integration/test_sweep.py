@@ -149,3 +149,16 @@ def test_a_worker_sweeps_the_whole_table_over_its_rounds(
         _fiber(conn, f"gone000{n}", f"gone000{n}")
     start_worker()
     wait_until(lambda: not _fibers(conn), 20, "every fiber left behind swept")
+
+
+def test_the_sweep_removes_the_signals_of_instances_that_ended(conn: Conn) -> None:
+    running, finished = _start(conn), _start(conn)
+    for instance_id in (running, finished):
+        conn.execute("SELECT df.signal(%s, 'go', '{}')", [instance_id])
+    conn.execute("UPDATE df.instances SET status = 'completed' WHERE id = %s", [finished])
+    conn.execute(
+        "INSERT INTO df._signals (instance_id, name, data) VALUES ('gone0001', 'go', '{}')"
+    )
+    conn.execute(query("sweep_signals"))
+    left = conn.execute("SELECT instance_id FROM df._signals").fetchall()
+    assert left == [(running,)]
