@@ -19,7 +19,8 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
-from tests.fixtures.engine import WorkerThread, wait_for
+from tests.fixtures.engine import WorkerThread, run_workflow, wait_for
+from tests.fixtures.sql import one
 
 #: The tables whose blocks a step reads or writes.
 _TABLES = ("instances", "nodes", "vars", "_instance_state", "_fibers", "_signals")
@@ -321,17 +322,13 @@ def test_a_lone_step_leaves_row_versions_every_scan_knows_for_dead(
     fibers were read by every claim until the next VACUUM, and a step took a MultiXact."""
     _without_autovacuum(conn)
     for _ in range(50):
-        row = conn.execute("SELECT df.start('SELECT 1')").fetchone()
-        assert row is not None
-        assert wait_for(conn, str(row[0])) == "completed"
+        assert run_workflow(conn, "'SELECT 1'")[1] == "completed"
     worker.stop()  # (no transaction of its own holds back what the scan may drop)
     queue = """SELECT count(*) FROM (SELECT 1 FROM df._fibers
                                        WHERE status = 'ready' AND run_at <= now()
                                        ORDER BY run_at LIMIT 256) ready"""
     assert conn.execute(queue).fetchone() == (0,)  # (the scan that drops the dead entries)
-    row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {queue}").fetchone()
-    assert row is not None
-    plan = row[0][0]["Plan"]
+    plan = one(conn, f"EXPLAIN (ANALYZE, FORMAT JSON) {queue}")[0]["Plan"]
     while "Plans" in plan:
         plan = plan["Plans"][0]
     assert plan["Node Type"] == "Index Only Scan", plan

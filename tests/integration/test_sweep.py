@@ -18,14 +18,13 @@ from pg_durable.engine import worker as worker_module
 from pg_durable.queries import query
 from tests.fixtures.crash import wait_until
 from tests.fixtures.engine import WorkerThread
+from tests.fixtures.sql import one
 
 Conn = psycopg.Connection[Any]
 
 
 def _start(conn: Conn) -> str:
-    row = conn.execute("SELECT df.start('SELECT 1')").fetchone()
-    assert row is not None
-    return str(row[0])
+    return str(one(conn, "SELECT df.start('SELECT 1')"))
 
 
 def _fiber(
@@ -111,12 +110,8 @@ def test_the_sweep_removes_the_fibers_nobody_will_run_a_batch_at_a_time(conn: Co
     everything = _fibers(conn)
     assert everything == left_behind | alive
     after, batches = "", []
-    while True:
-        row = conn.execute(query("sweep"), {"after": after, "batch": 3}).fetchone()
-        assert row is not None
-        if row[0] is None:
-            break
-        after = str(row[0])
+    while (last := one(conn, query("sweep"), {"after": after, "batch": 3})) is not None:
+        after = str(last)
         batches.append(after)
     assert len(set(batches)) == len(batches) == -(-len(everything) // 3)  # 3 fibers a batch
     assert _fibers(conn) == alive
@@ -128,8 +123,7 @@ def test_the_sweep_skips_a_fiber_another_transaction_holds(conn: Conn, dsn: str)
     with psycopg.connect(dsn) as holder:
         holder.execute("SELECT 1 FROM df._fibers WHERE scope = %s FOR UPDATE", [finished])
         conn.execute("SET lock_timeout = '5s'")  # waiting for the lock would fail the test
-        row = conn.execute(query("sweep"), {"after": "", "batch": 100}).fetchone()
-        assert row == (finished,)
+        assert one(conn, query("sweep"), {"after": "", "batch": 100}) == finished
         assert _fibers(conn) == {finished}
     conn.execute(query("sweep"), {"after": "", "batch": 100})
     assert _fibers(conn) == set()

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 from tests.fixtures.engine import WorkerThread
+from tests.fixtures.sql import one
 
 _DONE_TRIGGER = """
 CREATE FUNCTION public.test_done() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -36,7 +37,6 @@ def test_a_workflow_started_as_the_last_one_ends_runs_at_once(
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN test_done")
         for n in range(40):
-            row = conn.execute("SELECT df.start('SELECT 1')").fetchone()
-            assert row is not None
+            instance_id = one(conn, "SELECT df.start('SELECT 1')")
             done = [note.payload for note in listener.notifies(timeout=5, stop_after=1)]
-            assert done == [row[0]], f"workflow {n + 1} of 40 did not complete within 5 s"
+            assert done == [instance_id], f"workflow {n + 1} of 40 did not complete within 5 s"
