@@ -125,6 +125,9 @@ class Batch:
     continued: list[Row] = field(default_factory=list)
     #: New fibers it made runnable at once (JOIN and RACE branches): for other slots.
     spawned: int = 0
+    #: Seconds until the next timer (inf: none), read in its commit's round trip when it
+    #: left nothing to go on with; None if not read.
+    next_timer: float | None = None
 
 
 class InstanceUnrunnable(Exception):
@@ -218,7 +221,9 @@ class Executor:
         try:
             runs, alone, released = await self._advance(conns, rows)
             scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
-            continued = await self._commit(conns, runs, scopes)
+            continued, next_timer = await self._commit(
+                conns, runs, scopes, timer=go_on and not scopes
+            )
             spawned = sum(_due_now(f) for r in runs for f in r.plan.spawns)
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
@@ -234,7 +239,7 @@ class Executor:
             await self._rollback(conns)
             logger.debug("batch of %d rolled back; running its fibers alone", len(rows))
             return Batch([Retry.of(row) for row in rows], 0)
-        return Batch([Retry.of(row) for row in alone], released, continued, spawned)
+        return Batch([Retry.of(row) for row in alone], released, continued, spawned, next_timer)
 
     async def run_single(
         self, conns: Connections, row: Row, known: dict[str, Outcome] | None = None
@@ -339,17 +344,21 @@ class Executor:
         conns.cancel_pending = False
         await conns.conn.execute("ROLLBACK")
 
-    async def _commit(self, conns: Connections, runs: list[_Run], go_on: list[str]) -> list[Row]:
+    async def _commit(
+        self, conns: Connections, runs: list[_Run], go_on: list[str], *, timer: bool = False
+    ) -> tuple[list[Row], float | None]:
         """Write the plans of ``runs`` and commit; then, in the same round trip, begin a
         transaction and claim the fibers ``go_on`` names, if any are runnable (else that
-        transaction ends)."""
+        transaction ends) — or else, with ``timer``, read the seconds until the next timer
+        (next_run_at; None if not read): a slot left with nothing to do need not ask apart."""
         conn = conns.conn
         plans = [_plan_json(r) for r in runs]
         claimed: list[Row] = []
         discarded: set[str] = set()
+        next_timer: float | None = None
         if plans or go_on:
             async with conn.pipeline():
-                stale = None
+                stale = timers = None
                 if conns.savepoint:
                     # Written inside the savepoint, the rows the claim locked would be changed
                     # by a subtransaction of the transaction that holds their locks, and each
@@ -364,6 +373,11 @@ class Executor:
                 if go_on:
                     await conn.execute("BEGIN")
                     again = await conn.execute(query("claim_continued"), {"scopes": go_on})
+                elif timer:
+                    timers = await conn.execute(query("next_run_at"))
+            if timers is not None:
+                row = await timers.fetchone()
+                next_timer = None if row is None else float(row["seconds"])
             if go_on:
                 claimed = [dict(r) for r in await again.fetchall()]
                 if not claimed:
@@ -397,7 +411,7 @@ class Executor:
                         "instance_id": plan["instance_id"],
                     },
                 )
-        return claimed
+        return claimed, next_timer
 
     # -- the three phases -----------------------------------------------------------------------
     async def _advance(

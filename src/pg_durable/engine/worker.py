@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -489,12 +490,12 @@ class Worker:
                             slot.index,
                             extra={"action": "reconnected", **self.log_extra},
                         )
-                await self._run_available(slot, slot.conns)
+                next_timer = await self._run_available(slot, slot.conns)
                 backoff.reset()
                 if not self._stopping.is_set():
-                    # Its last claim found nothing: it waits for work — or looks again at once
-                    # if some was announced since that claim began (_idle).
-                    await self._idle(slot)
+                    # Nothing is left for it: it waits for work — or looks again at once if
+                    # some was announced since its last claim began (_idle).
+                    await self._idle(slot, next_timer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -521,8 +522,11 @@ class Worker:
                 slot.instance_id = None
                 slot.batch_started = None
 
-    async def _run_available(self, slot: Slot, conns: Connections) -> None:
-        """Claim and run batches until a claim finds nothing runnable."""
+    async def _run_available(self, slot: Slot, conns: Connections) -> float | None:
+        """Claim and run batches until nothing is left runnable: until a claim finds nothing
+        (returns None), or a batch that took all there was to take left nothing behind
+        (returns the seconds until the next timer, read with its commit) — that a claim
+        would find nothing then needs no round trip to learn: new work announces itself."""
         conn = conns.conn
         gathered = False
         while not self._stopping.is_set():
@@ -532,7 +536,7 @@ class Worker:
             rows = await self._claim(conn, len(awake), lane)
             if not rows:
                 slot.batch_started = None
-                return
+                return None
             if (
                 len(rows) < _SMALL_BATCH
                 and not gathered
@@ -578,6 +582,14 @@ class Worker:
                 slot.instance_id = str(row["instance_id"])
                 await self.executor.run_single(conns, dict(row))
                 slot.instance_id = None
+            if (
+                batch.next_timer is not None
+                and rows[0]["backlog"] <= len(rows)
+                and not (batch.retries or batch.released or batch.spawned)
+            ):
+                slot.batch_started = None
+                return batch.next_timer
+        return None
 
     async def _run_batch(self, slot: Slot, conns: Connections, rows: list[dict[str, Any]]) -> Batch:
         # A batch of several fibers runs each alone when one of them fails unexpectedly; a
@@ -611,14 +623,15 @@ class Worker:
             await conn.execute("ROLLBACK")
         return rows
 
-    async def _idle(self, slot: Slot) -> None:
+    async def _idle(self, slot: Slot, next_timer: float | None) -> None:
+        """Wait for work: a notification, the next timer (``next_timer`` seconds away, or
+        asked here if None), or the next poll."""
         assert slot.conns is not None
-        timeout = self.settings.poll_interval
-        cur = await slot.conns.conn.execute(query("next_run_at"))
-        row = await cur.fetchone()
-        due = None if row is None else next(iter(row.values()))
-        if due is not None:
-            timeout = max(0.0, min(timeout, float(due)))
+        if next_timer is None:
+            cur = await slot.conns.conn.execute(query("next_run_at"))
+            row = await cur.fetchone()
+            next_timer = math.inf if row is None else float(row["seconds"])
+        timeout = max(0.0, min(self.settings.poll_interval, next_timer))
         if timeout <= 0 or self._notified != slot.heard:
             # Work was announced since this slot last looked: the notification may have woken
             # no one (this slot was about to look, or no slot was idle yet), so it looks

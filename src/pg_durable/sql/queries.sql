@@ -94,11 +94,8 @@ UPDATE df._fibers SET run_at = now()
 SELECT df._prune_finished(%(batch)s) AS removed
 
 -- name: next_run_at
--- Seconds until the next timer. Only future ones: a fiber due now that the claim did not get
--- is held by another slot, which carries it on or wakes this one when it lets it go.
-SELECT extract(epoch FROM min(run_at) - now())::float8
-  FROM df._fibers
- WHERE status = 'ready' AND run_at > now()
+-- Seconds until the next timer (Infinity: none; df._next_run_at).
+SELECT df._next_run_at() AS seconds
 
 -- name: run_steps
 SELECT step, result_rows, error, seconds FROM df_exec.run_steps(%s, %s, %s, %s)
