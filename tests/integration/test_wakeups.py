@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from pg_durable.embedded import free_port
-from tests.fixtures.engine import WorkerThread
+from tests.fixtures.engine import WorkerThread, wait_for
 from tests.fixtures.sql import one
 from tests.integration.test_metrics import scrape, value
 
@@ -66,3 +66,16 @@ def test_a_slot_that_took_all_there_was_does_not_claim_again_to_find_nothing(
     # look at once: that claim is the one that takes the workflow). Claiming again after each
     # made it 60 to 80.
     assert 40 <= claims <= 44, claims
+
+
+def test_a_slot_that_took_a_full_batch_claims_again(
+    conn: psycopg.Connection[Any], dsn: str, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """The claim counts the backlog only up to what the slots could take: a slot that took a
+    full batch cannot tell whether more was left, and looks again rather than sleep until the
+    next poll (one notification announced all of them)."""
+    start_worker(concurrency=1, poll_interval=60.0, batch_size=4)
+    started = one(conn, "SELECT array_agg(df.start('SELECT 1')) FROM generate_series(1, 12)")
+    assert [wait_for(conn, instance_id, timeout=10) for instance_id in started] == [
+        "completed"
+    ] * 12

@@ -584,7 +584,8 @@ class Worker:
                 slot.instance_id = None
             if (
                 batch.next_timer is not None
-                and rows[0]["backlog"] <= len(rows)
+                # (The claim counts the backlog up to a limit: a full batch may have left more.)
+                and rows[0]["backlog"] <= len(rows) < self.settings.batch_size
                 and not (batch.retries or batch.released or batch.spawned)
             ):
                 slot.batch_started = None
