@@ -482,8 +482,11 @@ $$;
 -- Take the runnable fibers that are due first; the row locks last for the whole transaction.
 -- How many: the backlog's share of this worker's slots, between 1 and the batch size — so
 -- that a few runnable fibers (the branches of a JOIN) go to several slots and really run at
--- once, while a long queue is worked off in batches. Counting stops where the answer would.
--- backlog tells the worker whether there is more than it took (then another slot looks).
+-- once, while a long queue is worked off in batches. Counting stops where the answer would,
+-- but for one more: backlog tells the worker whether there is more than it took (then another
+-- slot looks), which a count that stopped at a full batch could not (a burst of work announced
+-- by one notification was run by the one slot that heard it, the others asleep until their
+-- next poll).
 -- With a long queue each slot takes from its own lane (a hash of the scope), so that slots
 -- do not all queue up for the same first rows and skip each other's locks one by one; from
 -- any lane if its own has nothing for it.
@@ -511,7 +514,7 @@ BEGIN
               FROM (SELECT 1 FROM df._fibers
                      WHERE status = 'ready' AND run_at <= now()
                      ORDER BY run_at  -- by the index, not a scan through dead rows of past fibers
-                     LIMIT p_batch_size * p_slots) backlog
+                     LIMIT p_batch_size * p_slots + 1) backlog
         ), claimed AS (
             SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node,
                    f.parent_generation, f.root_node, f.node_id, f.generation, f.results, f.state,
