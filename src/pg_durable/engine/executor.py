@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pg_durable.engine.faults import transient
@@ -45,6 +46,7 @@ from pg_durable.engine.http import Admitted, HttpSteps
 from pg_durable.engine.http_request import describe
 from pg_durable.engine.identity import Role, StepRunner
 from pg_durable.engine.remote import RemoteDatabases, receipt_key
+from pg_durable.engine.roundtrip import Part, run_together
 from pg_durable.engine.sqlstep import (
     Cancelled,
     Connections,
@@ -351,46 +353,38 @@ class Executor:
         transaction and claim the fibers ``go_on`` names, if any are runnable (else that
         transaction ends) — or else, with ``timer``, read the seconds until the next timer
         (next_run_at; None if not read): a slot left with nothing to do need not ask apart."""
-        conn = conns.conn
         plans = [_plan_json(r) for r in runs]
         claimed: list[Row] = []
-        discarded: set[str] = set()
         next_timer: float | None = None
-        if plans or go_on:
-            async with conn.pipeline():
-                stale = timers = None
-                if conns.savepoint:
-                    # Written inside the savepoint, the rows the claim locked would be changed
-                    # by a subtransaction of the transaction that holds their locks, and each
-                    # would get a MultiXact for its xmax: a MultiXact per step, and dead row
-                    # versions that no scan recognises as dead (the queue's index entries of
-                    # finished fibers were walked by every claim until the next VACUUM).
-                    await conn.execute("RELEASE SAVEPOINT step")
-                    conns.savepoint = False
-                if plans:
-                    stale = await conn.execute(query("commit_steps"), {"plans": Jsonb(plans)})
-                await conn.execute("COMMIT")
-                if go_on:
-                    await conn.execute("BEGIN")
-                    again = await conn.execute(query("claim_continued"), {"scopes": go_on})
-                elif timer:
-                    timers = await conn.execute(query("next_run_at"))
-            if timers is not None:
-                row = await timers.fetchone()
-                next_timer = None if row is None else float(row["seconds"])
-            if go_on:
-                claimed = [dict(r) for r in await again.fetchall()]
-                if not claimed:
-                    await conn.execute("ROLLBACK")
-            for row in await stale.fetchall() if stale is not None else ():
-                discarded.add(str(row["scope"]))
-                logger.debug(
-                    "discarded the plan of stale fiber %s",
-                    row["scope"],
-                    extra={"action": "stale_step"},
-                )
-        else:
-            await conn.execute("COMMIT")
+        statements: list[Part] = []
+        if conns.savepoint:
+            # Written inside the savepoint, the rows the claim locked would be changed by a
+            # subtransaction of the transaction that holds their locks, and each would get a
+            # MultiXact for its xmax: a MultiXact per step, and dead row versions that no scan
+            # recognises as dead (the queue's index entries of finished fibers were walked by
+            # every claim until the next VACUUM).
+            statements.append(("RELEASE SAVEPOINT step", None))
+            conns.savepoint = False
+        written = len(statements)
+        if plans:
+            statements.append((query("commit_steps"), {"plans": Jsonb(plans)}))
+        statements.append(("COMMIT", None))
+        if go_on:
+            statements += [("BEGIN", None), (query("claim_continued"), {"scopes": go_on})]
+        elif timer:
+            statements.append((query("next_run_at"), None))
+        results = await run_together(conns.conn, statements, dict_row)
+        if go_on:
+            claimed = results[-1]
+            if not claimed:
+                await conns.conn.execute("ROLLBACK")
+        elif timer:
+            next_timer = float(results[-1][0]["seconds"])
+        discarded = {str(row["scope"]) for row in results[written]} if plans else set()
+        for scope in discarded:
+            logger.debug(
+                "discarded the plan of stale fiber %s", scope, extra={"action": "stale_step"}
+            )
         if self.metrics is not None:
             for run in runs:
                 if run.fiber.scope not in discarded:

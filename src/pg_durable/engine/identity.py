@@ -45,6 +45,7 @@ from psycopg.generators import execute
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
+from pg_durable.engine.roundtrip import Part, run_together
 from pg_durable.graph.sqlresult import Column
 from pg_durable.queries import query
 from pg_durable.settings import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_RESULT_ROWS
@@ -226,30 +227,19 @@ class StepRunner:
         conn: AnyConn,
         steps: Sequence[tuple[Role, str, bool]],
         window: float,
-        pipeline: psycopg.AsyncPipeline | None = None,
+        first: Sequence[Part] = (),
     ) -> list[StepRows | None]:
         """Execute each (role, statement, returns rows) in the transaction open on ``conn``,
-        in one round trip (df_exec.run_steps) — with what ``pipeline`` holds already, if
-        given. None for a step that did not run: the window had passed before its turn."""
+        in one round trip (df_exec.run_steps) — after the statements ``first``, in the same
+        one. None for a step that did not run: the window had passed before its turn."""
         payload = [
             {"role": role.oid, "sql": text, "rows": rows, "settings": list(role.settings)}
             for role, text, rows in steps
         ]
-        cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(
-            query("run_steps"),
-            (Jsonb(payload), window, self.max_result_bytes, self.max_result_rows),
-        )
-        if pipeline is not None:
-            # A Sync now, not at the end of the pipeline: until the server has one it does not
-            # count the transaction as idle once the statements are done — a worker frozen
-            # meanwhile would keep its claims past idle_in_transaction_session_timeout. (The
-            # pipeline's closing Sync would save the round trip the second one costs, but
-            # psycopg sends a Flush after it, and a message after the Sync stops the
-            # server's idle timer: test_a_frozen_worker_loses_its_claims_within_the_lease.)
-            await pipeline.sync()
+        run = (Jsonb(payload), window, self.max_result_bytes, self.max_result_rows)
+        *_, ran = await run_together(conn, [*first, (query("run_steps"), run)], tuple_row)
         results: list[StepRows | None] = [None] * len(steps)
-        for index, rows, error, seconds in await cur.fetchall():
+        for index, rows, error, seconds in ran:
             if error is None:
                 results[index] = StepRows(rows, None, float(seconds))
                 continue

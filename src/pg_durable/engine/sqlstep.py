@@ -27,7 +27,6 @@ is rolled back and each of its steps runs again alone, under its own.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import OrderedDict
@@ -37,7 +36,7 @@ from typing import Final
 
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, dict_row
 
 from pg_durable.engine.faults import transient
 from pg_durable.engine.identity import (
@@ -49,6 +48,7 @@ from pg_durable.engine.identity import (
     StepRows,
     StepRunner,
 )
+from pg_durable.engine.roundtrip import Part, run_together
 from pg_durable.errors import ResultShapeChanged, StepError
 from pg_durable.graph.interpreter import Failed, Ok, Outcome
 from pg_durable.graph.sqlresult import SUPPORTED_TYPE_OIDS, Column, build_result, check_columns
@@ -66,8 +66,6 @@ _ACTIVE_SQL_TRANSACTION: Final = "25001"
 #: df.timeout, or its step_timeout setting.
 DEADLINE_REACHED: Final = "PDDLN"
 STEP_TIMEOUT_REACHED: Final = "PDSTO"
-#: Characters of a lone step's statement up to which it is pipelined with its SAVEPOINT.
-_PIPELINE_MAX_TEXT: Final = 1_000_000
 #: Statements whose last duration the worker remembers (by hash: a hint, not a record).
 _DURATIONS_CACHE_SIZE: Final = 16_384
 
@@ -213,20 +211,17 @@ class SqlSteps:
                 return await self.runner.run_steps(conn, steps, window)
             statement = statements[0]
             timeout = statement.role.statement_timeout
-            # One round trip for it all (pipelined) — not when a time limit is read back
-            # first: a pipeline's Sync comes at its end, and until then the server does not
-            # count the transaction as idle (see StepRunner.run_steps); nor for a huge
-            # statement, which psycopg 3.3's pipeline mode never finishes sending (seen
-            # from about 10 MB on).
-            limited = statement.deadline is not None or statement.step_timeout > 0
-            piped = not limited and len(statement.text) <= _PIPELINE_MAX_TEXT
-            async with conn.pipeline() if piped else contextlib.nullcontext() as pipeline:
-                await conn.execute("SAVEPOINT step")
-                conns.savepoint = True
-                if timeout is not None:
-                    await conn.execute(query("local_statement_timeout"), {"value": timeout})
+            first: list[Part] = [("SAVEPOINT step", None)]
+            if timeout is not None:
+                first.append((query("local_statement_timeout"), {"value": timeout}))
+            conns.savepoint = True
+            if statement.deadline is not None or statement.step_timeout > 0:
+                # The worker's own time limit is set, and read back, before the statement.
+                await run_together(conn, first, dict_row)
+                first = []
                 limit = await _limit_time(conn, statement.deadline, statement.step_timeout, True)
-                return await self.runner.run_steps(conn, steps, window, pipeline)
+            # (The savepoint and the role's own timeout in the statement's round trip.)
+            return await self.runner.run_steps(conn, steps, window, first)
         except pgerrors.QueryCanceled as exc:
             if conns.cancel_pending:
                 conns.cancel_pending = False

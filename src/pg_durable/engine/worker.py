@@ -38,6 +38,7 @@ from pg_durable.engine.faults import transient
 from pg_durable.engine.http import HttpClient, HttpSteps
 from pg_durable.engine.identity import StepRunner
 from pg_durable.engine.remote import RemoteDatabases
+from pg_durable.engine.roundtrip import run_together
 from pg_durable.engine.sqlstep import AConn, Connections
 from pg_durable.engine.worker_metrics import WorkerMetrics
 from pg_durable.errors import SchemaError
@@ -606,18 +607,13 @@ class Worker:
         backlog divided among the ``awake`` slots; from a long queue, those of its ``lane``
         (one per awake slot), or any if its lane has none. No fibers: no transaction."""
         began = time.monotonic()
-        async with conn.pipeline():  # one round trip
-            await conn.execute("BEGIN")
-            cur = await conn.execute(
-                query("claim"),
-                {
-                    "batch_size": self.settings.batch_size,
-                    "slots": awake,
-                    "lanes": awake,
-                    "lane": lane,
-                },
-            )
-        rows = await cur.fetchall()
+        share = {
+            "batch_size": self.settings.batch_size,
+            "slots": awake,
+            "lanes": awake,
+            "lane": lane,
+        }
+        _, rows = await run_together(conn, [("BEGIN", None), (query("claim"), share)], dict_row)
         if self.metrics is not None:
             self.metrics.claimed(time.monotonic() - began)
         if not rows:
