@@ -20,11 +20,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import psycopg
-from psycopg.abc import Query
 from psycopg.rows import AsyncRowFactory
 
 R = TypeVar("R")
-Part: TypeAlias = tuple[Query, Mapping[str, Any] | Sequence[Any] | None]
+Part: TypeAlias = tuple[str, Mapping[str, Any] | Sequence[Any] | None]
 
 
 async def run_together(
@@ -35,7 +34,12 @@ async def run_together(
     """Run ``statements`` (query, parameters) in one round trip; returns the rows of each, in
     order (none for a statement that returns no rows)."""
     cur = psycopg.AsyncClientCursor(conn, row_factory=row_factory)
-    await cur.execute("; ".join(cur.mogrify(text, params) for text, params in statements))
+    # (A statement without parameters as it is: binding parses it for placeholders.)
+    await cur.execute(
+        "; ".join(
+            text if params is None else cur.mogrify(text, params) for text, params in statements
+        )
+    )
     results: list[list[R]] = []
     while True:
         results.append(await cur.fetchall() if cur.description is not None else [])
