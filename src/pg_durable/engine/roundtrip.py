@@ -32,7 +32,7 @@ async def run_together(
     row_factory: AsyncRowFactory[R],
 ) -> list[list[R]]:
     """Run ``statements`` (query, parameters) in one round trip; returns the rows of each, in
-    order (none for a statement that returns no rows)."""
+    order (an empty list for a statement that returns none)."""
     cur = psycopg.AsyncClientCursor(conn, row_factory=row_factory)
     # (A statement without parameters as it is: binding parses it for placeholders.)
     await cur.execute(

@@ -16,8 +16,8 @@ SELECT f.scope, f.instance_id, f.parent_scope, f.branch, f.spawned_at_node, f.pa
    FOR UPDATE OF f SKIP LOCKED
 
 -- name: claim_continued
--- The fibers the last commit left runnable at once, claimed again in the same round trip
--- (pipelined after that COMMIT) so that their next steps follow without a new search.
+-- The fibers the last commit left runnable at once, claimed again in the round trip of that
+-- COMMIT, so that their next steps follow without a new search.
 SELECT * FROM df._claim_fibers(%(scopes)s)
 
 -- name: lease_fiber
