@@ -207,7 +207,7 @@ def test_a_claim_reads_what_it_takes_not_the_whole_queue(dsn: str) -> None:
             # (Random reads made dear: what the planner sees in a big queue, here in a small.)
             conn.execute("SET random_page_cost = 100")
             for _ in range(2):
-                read, claimed = _blocks_read_by(conn, "SELECT count(*) FROM df._claim(1, 1, 1, 0)")
+                read, claimed = _blocks_read_by(conn, "SELECT count(*) FROM df._claim(1, 1, 0)")
                 assert claimed == (1,)
             return read
 

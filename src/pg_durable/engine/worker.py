@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -607,12 +606,7 @@ class Worker:
         backlog divided among the ``awake`` slots; from a long queue, those of its ``lane``
         (one per awake slot), or any if its lane has none. No fibers: no transaction."""
         began = time.monotonic()
-        share = {
-            "batch_size": self.settings.batch_size,
-            "slots": awake,
-            "lanes": awake,
-            "lane": lane,
-        }
+        share = {"batch_size": self.settings.batch_size, "slots": awake, "lane": lane}
         _, rows = await run_together(conn, [("BEGIN", None), (query("claim"), share)], dict_row)
         if self.metrics is not None:
             self.metrics.claimed(time.monotonic() - began)
@@ -627,7 +621,8 @@ class Worker:
         if next_timer is None:
             cur = await slot.conns.conn.execute(query("next_run_at"))
             row = await cur.fetchone()
-            next_timer = math.inf if row is None else float(row["seconds"])
+            assert row is not None  # (a function's value: always one row)
+            next_timer = float(row["seconds"])
         timeout = max(0.0, min(self.settings.poll_interval, next_timer))
         if timeout <= 0 or self._notified != slot.heard:
             # Work was announced since this slot last looked: the notification may have woken

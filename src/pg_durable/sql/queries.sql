@@ -2,7 +2,7 @@
 
 -- name: claim
 -- This slot's share of the runnable fibers, locked for the transaction (df._claim).
-SELECT * FROM df._claim(%(batch_size)s, %(slots)s, %(lanes)s, %(lane)s)
+SELECT * FROM df._claim(%(batch_size)s, %(slots)s, %(lane)s)
 
 -- name: claim_scope
 -- Claim a fiber again (to run it alone, or after its autocommit statement), if nobody took

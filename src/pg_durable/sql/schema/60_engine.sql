@@ -494,7 +494,7 @@ $$;
 -- step connections use no prepared statements: a step may DEALLOCATE ALL); a generic plan,
 -- and rows of df.instances found by primary key whatever the statistics say. No bitmap
 -- scans: one would read every ready fiber (100,000 of them, say) to keep the first few.
-CREATE FUNCTION df._claim(p_batch_size int, p_slots int, p_lanes int, p_lane int)
+CREATE FUNCTION df._claim(p_batch_size int, p_slots int, p_lane int)
 RETURNS TABLE (scope text, instance_id varchar, parent_scope text, branch int,
                spawned_at_node varchar, parent_generation int, root_node varchar,
                node_id varchar, generation int, results jsonb, state jsonb, first_done text,
@@ -505,7 +505,7 @@ SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bit
 SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
-    v_lanes int := p_lanes;
+    v_lanes int := p_slots;  -- one lane per slot, then (if its own was empty) one for all
 BEGIN
     LOOP
         RETURN QUERY
@@ -697,7 +697,7 @@ REVOKE ALL ON FUNCTION df._write_fibers(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION df._claim(int, int, int, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._claim(int, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._next_run_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._load_instances(text[]) FROM PUBLIC;
