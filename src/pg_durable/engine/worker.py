@@ -631,8 +631,11 @@ class Worker:
             return
         slot.idle = True
         try:
+            # (A timeout scope, not wait_for: no task of its own to wrap the wait in, so a
+            # woken slot runs at the loop's next turn — it is on the path to every claim.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(slot.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await slot.wake.wait()
         finally:
             slot.idle = False
             slot.wake.clear()
