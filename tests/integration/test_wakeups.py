@@ -14,8 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 from pg_durable.embedded import free_port
+from pg_durable.engine import worker
 from tests.fixtures.engine import WorkerThread, wait_for
 from tests.fixtures.sql import one
 from tests.integration.test_metrics import scrape, value
@@ -67,6 +69,34 @@ def test_a_slot_that_took_all_there_was_does_not_claim_again_to_find_nothing(
     # look at once: that claim is the one that takes the workflow). Claiming again after each
     # made it 60 to 80.
     assert 40 <= claims <= 44, claims
+
+
+def test_a_sequential_client_never_waits_for_a_batch_to_gather(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    start_worker: Callable[..., WorkerThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When work arrives faster than a transaction each keeps up with, a slot that claims a
+    small batch lets more gather for a batch window first. A client that starts each workflow
+    after the last one's result passed the rate that counts as fast (200 a second) on its own,
+    and on a worker of one slot (whose other slots, none, are all at work) its workflows
+    waited the window again and again. Its next workflow cannot arrive while a batch runs —
+    only once the commit is done — and a slot gathers only if work arrived meanwhile. (Here
+    any rate is fast, and the window long: each wait would be plain.)"""
+    monkeypatch.setattr(worker, "_BUSY_RATE", 1)
+    port = free_port()
+    start_worker(concurrency=1, poll_interval=60.0, batch_window=0.25, metrics_port=port)
+    before = value(scrape(port), "pg_durable_claim_duration_seconds_count")
+    began = time.monotonic()
+    _run_one_after_the_other(conn, dsn, 20)
+    took = time.monotonic() - began
+    claims = value(scrape(port), "pg_durable_claim_duration_seconds_count") - before
+    # A gathered batch is claimed twice (taken, let go, taken again after the window): it was
+    # about 40 claims and 5 s for these 20. (A notification that arrives before the slot has gone to
+    # sleep makes it look once more: a claim or two more.)
+    assert 20 <= claims <= 25, claims
+    assert took < 2.0, took
 
 
 def test_a_slot_that_took_a_full_batch_claims_again(

@@ -104,6 +104,9 @@ class Slot:
     #: How many notifications of new work the worker had heard when this slot last began to
     #: look for work (see _idle).
     heard: int = 0
+    #: How many it heard while this slot's last batch ran, from its claim to its commit (see
+    #: _run_available: whether to let a small batch gather).
+    heard_while_working: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -541,12 +544,15 @@ class Worker:
                 len(rows) < _SMALL_BATCH
                 and not gathered
                 and self._busy()
+                and slot.heard_while_working > 0
                 and not any(s.idle for s in self._slots if s is not slot)
             ):
-                # Work trickles in faster than a transaction each keeps up with, and every
-                # other slot is at work: let it gather for a batch window and take it all in
-                # one batch. (With a slot idle, nothing is behind: a client that starts one
-                # workflow after the other's result would wait the window every time.)
+                # Work trickles in faster than a transaction each keeps up with — some arrived
+                # while this slot's last batch ran — and every other slot is at work: let it
+                # gather for a batch window and take it all in one batch. (Otherwise nothing
+                # is behind: a client that starts one workflow after the other's result, whose
+                # next workflow can only arrive once this slot's commit is done, would wait
+                # the window every time.)
                 await conn.execute("ROLLBACK")  # (releases them)
                 await self._sleep_or_stop(self.settings.batch_window)
                 gathered = True
@@ -556,6 +562,7 @@ class Worker:
             if rows[0]["backlog"] > len(rows):
                 # There is more: one more slot looks (and, if it finds some, the next).
                 self._wake_slots(1)
+            heard = self._notified
             batch = await self._run_batch(slot, conns, [dict(r) for r in rows])
             # Branches that became runnable together run on slots of their own, at once.
             self._wake_slots(batch.spawned)
@@ -567,6 +574,7 @@ class Worker:
                 slot.batch_started = time.monotonic()
                 batch = await self._run_batch(slot, conns, batch.continued)
                 self._wake_slots(batch.spawned)
+            slot.heard_while_working = self._notified - heard
             if batch.released:
                 self._wake_slots(1)
             for retry in batch.retries:
