@@ -93,8 +93,8 @@ def test_a_sequential_client_never_waits_for_a_batch_to_gather(
     took = time.monotonic() - began
     claims = value(scrape(port), "pg_durable_claim_duration_seconds_count") - before
     # A gathered batch is claimed twice (taken, let go, taken again after the window): it was
-    # about 40 claims and 5 s for these 20. (A notification that arrives before the slot has gone to
-    # sleep makes it look once more: a claim or two more.)
+    # about 40 claims and 5 s for these 20. (A notification that arrives before the slot has
+    # gone to sleep makes it look once more: a claim or two more.)
     assert 20 <= claims <= 25, claims
     assert took < 2.0, took
 
