@@ -562,7 +562,6 @@ class Worker:
             if rows[0]["backlog"] > len(rows):
                 # There is more: one more slot looks (and, if it finds some, the next).
                 self._wake_slots(1)
-            heard = self._notified
             batch = await self._run_batch(slot, conns, [dict(r) for r in rows])
             # Branches that became runnable together run on slots of their own, at once.
             self._wake_slots(batch.spawned)
@@ -574,7 +573,7 @@ class Worker:
                 slot.batch_started = time.monotonic()
                 batch = await self._run_batch(slot, conns, batch.continued)
                 self._wake_slots(batch.spawned)
-            slot.heard_while_working = self._notified - heard
+            slot.heard_while_working = self._notified - slot.heard  # (heard: as of its claim)
             if batch.released:
                 self._wake_slots(1)
             for retry in batch.retries:
