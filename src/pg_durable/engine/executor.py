@@ -31,6 +31,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from psycopg.types.json import Jsonb
 from pg_durable.engine.faults import transient
 from pg_durable.engine.http import Admitted, HttpSteps
 from pg_durable.engine.http_request import describe
-from pg_durable.engine.identity import Role, StepRunner
+from pg_durable.engine.identity import AHEAD_FAILED, AHEAD_SHAPE_CHANGED, Role, StepRunner
 from pg_durable.engine.remote import RemoteDatabases, receipt_key
 from pg_durable.engine.roundtrip import Part, run_together
 from pg_durable.engine.sqlstep import (
@@ -91,6 +93,11 @@ HTTP_LEASE_MARGIN: Final = 30
 _MAX_RERUNS: Final = 5
 #: Steps done in the worker's transaction, without a user statement.
 _INLINE_STEPS: Final = frozenset({"SLEEP", "SIGNAL", "WAIT_SCHEDULE"})
+#: What stands for the result of a step sent with its checkpoint, in the plans (_ahead_of):
+#: a JSON string no result can hold by chance — a random part, new in every worker process.
+_AHEAD_MARKER: Final = f"df-step-result-{secrets.token_hex(16)}"
+_AHEAD_RESULT: Final = f'"{_AHEAD_MARKER}"'
+_AHEAD_ESCAPED: Final = f'\\"{_AHEAD_MARKER}\\"'
 #: The deadline of a wait without one (epoch seconds of the year 3000).
 _FOREVER: Final = 32503680000.0
 
@@ -154,6 +161,17 @@ class _NeedsNetwork(Exception):
         self.admitted = admitted
 
 
+class _AheadStopped(Exception):
+    """The step sent with its checkpoint did not succeed (or could not be sent): advance the
+    fiber again, with ``known`` outcomes (empty: the statement runs again, as usual) — its
+    statement's, which took ``seconds``."""
+
+    def __init__(self, known: dict[str, Outcome], seconds: float | None = None) -> None:
+        super().__init__()
+        self.known = known
+        self.seconds = seconds
+
+
 @dataclass(slots=True)
 class _Run:
     """One fiber on its way through a transaction."""
@@ -178,6 +196,10 @@ class _Run:
     alone: bool = False
     #: Seconds its statement took, for the metrics (None: it ran none, or not here).
     seconds: float | None = None
+    #: Whether its statement may go with its checkpoint (_run_alone), and the statement if it
+    #: does: the step is then complete with _AHEAD_RESULT standing for its result.
+    may_run_ahead: bool = False
+    ahead: Statement | None = None
 
 
 class Executor:
@@ -220,12 +242,25 @@ class Executor:
         open for them)."""
         batched = len(rows) > 1
         continued: list[Row] = []
+        stopped: _AheadStopped | None = None
         try:
-            runs, alone, released = await self._advance(conns, rows)
-            scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
-            continued, next_timer = await self._commit(
-                conns, runs, scopes, timer=go_on and not scopes
-            )
+            while True:
+                try:
+                    if stopped is None:
+                        runs, alone, released = await self._advance(conns, rows)
+                    else:  # (a lone fiber, whose step ran ahead and did not succeed)
+                        runs, alone, released = await self._advance(
+                            conns, rows, stopped.known, ahead=False
+                        )
+                        for run in runs if stopped.known else []:
+                            run.seconds = stopped.seconds
+                    scopes = [r.fiber.scope for r in runs if _due_now(r.fiber)] if go_on else []
+                    continued, next_timer = await self._commit(
+                        conns, runs, scopes, timer=go_on and not scopes
+                    )
+                    break
+                except _AheadStopped as again:
+                    stopped = again  # (the claim holds: back to the savepoint)
             spawned = sum(_due_now(f) for r in runs for f in r.plan.spawns)
         except (Cancelled, psycopg.errors.QueryCanceled):
             await self._rollback(conns)
@@ -251,7 +286,7 @@ class Executor:
         conn = conns.conn
         known = {} if known is None else known
         try:
-            runs, _, _ = await self._advance(conns, [row], known)
+            runs, _, _ = await self._advance(conns, [row], known, single=True)
             await self._commit(conns, runs, [])
             return
         except (Cancelled, psycopg.errors.QueryCanceled):
@@ -357,23 +392,27 @@ class Executor:
         claimed: list[Row] = []
         next_timer: float | None = None
         statements: list[Part] = []
-        if conns.savepoint:
-            # Written inside the savepoint, the rows the claim locked would be changed by a
-            # subtransaction of the transaction that holds their locks, and each would get a
-            # MultiXact for its xmax: a MultiXact per step, and dead row versions that no scan
-            # recognises as dead (the queue's index entries of finished fibers were walked by
-            # every claim until the next VACUUM).
-            statements.append(("RELEASE SAVEPOINT step", None))
-            conns.savepoint = False
-        written = len(statements)
-        if plans:
-            statements.append((query("commit_steps"), {"plans": Jsonb(plans)}))
+        ahead = next((r for r in runs if r.ahead is not None), None)  # (a lone fiber's)
+        if ahead is not None:
+            statements += self._ahead_of(ahead, plans)
+        else:
+            if conns.savepoint:
+                # Written inside the savepoint, the rows the claim locked would be changed by
+                # a subtransaction of the transaction that holds their locks, and each would
+                # get a MultiXact for its xmax: a MultiXact per step, and dead row versions
+                # that no scan recognises as dead (the queue's index entries of finished
+                # fibers were walked by every claim until the next VACUUM).
+                statements.append(("RELEASE SAVEPOINT step", None))
+                conns.savepoint = False
+            if plans:
+                statements.append((query("commit_steps"), {"plans": Jsonb(plans)}))
+        written = len(statements) - 1  # (the plans' statement, if there are plans)
         statements.append(("COMMIT", None))
         if go_on:
             statements += [("BEGIN", None), (query("claim_continued"), {"scopes": go_on})]
         elif timer:
             statements.append((query("next_run_at"), None))
-        results = await run_together(conns.conn, statements, dict_row)
+        results = await self._commit_round_trip(conns, statements, ahead)
         if go_on:
             claimed = results[-1]
             if not claimed:
@@ -407,13 +446,73 @@ class Executor:
                 )
         return claimed, next_timer
 
+    def _ahead_of(self, run: _Run, plans: list[dict[str, Any]]) -> list[Part]:
+        """The statements that run ``run``'s step and write ``plans``, in which _AHEAD_RESULT
+        stands for its result: df._with_step_result puts the result in its place, as JSON
+        where the plans hold JSON and escaped where they hold it inside a string."""
+        assert run.ahead is not None
+        text = orjson.dumps(plans).decode()
+        if text.count(_AHEAD_MARKER) != text.count(_AHEAD_RESULT) + text.count(_AHEAD_ESCAPED):
+            # (Nested deeper than that, which no plan is: the step runs first, as usual.)
+            raise _AheadStopped({})
+        return [
+            ("SAVEPOINT step", None),
+            self.sql.run_ahead(run.ahead),
+            ("RELEASE SAVEPOINT step", None),
+            (query("commit_steps_ahead"), {"plans": text, "marker": _AHEAD_MARKER}),
+        ]
+
+    async def _commit_round_trip(
+        self, conns: Connections, statements: list[Part], ahead: _Run | None
+    ) -> list[list[Row]]:
+        """Send the statements of a commit; with the step of ``ahead`` among them, say what
+        stopped them before the checkpoint, if anything did (_AheadStopped)."""
+        if ahead is None:
+            return await run_together(conns.conn, statements, dict_row)
+        statement = ahead.ahead
+        assert statement is not None
+        conns.running = [(statement.instance_id, statement.scope)]
+        try:
+            results = await run_together(conns.conn, statements, dict_row)
+        except psycopg.Error as exc:
+            if exc.sqlstate in (AHEAD_FAILED, AHEAD_SHAPE_CHANGED):
+                # The savepoint was taken before the statement and is released after it: back
+                # to where the claim left the transaction, the step recorded as usual.
+                await run_together(
+                    conns.conn,
+                    [("ROLLBACK TO SAVEPOINT step", None), ("RELEASE SAVEPOINT step", None)],
+                    dict_row,
+                )
+                told = self.sql.ahead_outcome(statement, exc)
+                if told is None:
+                    raise _AheadStopped({}) from None
+                outcome, seconds = told
+                raise _AheadStopped({str(ahead.statement_node): outcome}, seconds) from None
+            if isinstance(exc, psycopg.errors.QueryCanceled) and not conns.cancel_pending:
+                # A statement timeout (not the role's: such a step never goes ahead): it runs
+                # as a slow one next time, where its timeout is recorded as its failure.
+                self.sql.ran_ahead(statement, math.inf)
+            raise
+        finally:
+            conns.running = []
+        ahead.seconds = float(results[1][0]["seconds"])
+        self.sql.ran_ahead(statement, ahead.seconds)
+        return results
+
     # -- the three phases -----------------------------------------------------------------------
     async def _advance(
-        self, conns: Connections, rows: list[Row], known: dict[str, Outcome] | None = None
+        self,
+        conns: Connections,
+        rows: list[Row],
+        known: dict[str, Outcome] | None = None,
+        *,
+        single: bool = False,
+        ahead: bool = True,
     ) -> tuple[list[_Run], list[Row], int]:
-        """Advance the claimed fibers (``known``: outcomes known already, for a lone fiber);
-        returns those to commit, the rows to run alone, and how many were released without
-        running (the window had passed)."""
+        """Advance the claimed fibers (``known``: outcomes known already, for a lone fiber;
+        ``single``: for run_single; ``ahead``: a lone step may go with its checkpoint); returns
+        those to commit, the rows to run alone, and how many were released without running
+        (the window had passed)."""
         conns.taken_signals = []  # a new transaction
         conns.savepoint = False
         batched = len(rows) > 1
@@ -424,7 +523,9 @@ class Executor:
         )
         for row in rows:
             try:
-                run = await self._start(conns, row, known, batched=batched)
+                run = await self._start(
+                    conns, row, known, batched=batched, alone=single, ahead=ahead
+                )
             except RunAlone:
                 alone.append(row)
                 continue
@@ -472,6 +573,12 @@ class Executor:
         if statement is not None and statement.database is not None:
             await self._run_elsewhere(conns, run, statement)
             return
+        if statement is not None and self._may_run_ahead(run, statement):
+            run.statement = None
+            run.ahead = statement
+            run.interp.complete_step(Ok(_AHEAD_RESULT))
+            await self._carry_on(conns, run, batched=False)
+            return
         for _ in range(_MAX_RERUNS):
             statement = run.statement
             assert statement is not None
@@ -496,6 +603,20 @@ class Executor:
             raise RuntimeError(f"the step of fiber {run.fiber.scope} had to run again too often")
         await self._carry_on(conns, run, batched=False)
 
+    def _may_run_ahead(self, run: _Run, statement: Statement) -> bool:
+        """Whether the fiber's statement may go in the round trip of its checkpoint: its
+        success can only be recorded, never read in this transaction — its result is not
+        named (a later statement of the fiber could read it) nor a condition's — and it is a
+        statement that may (SqlSteps.can_run_ahead)."""
+        if not run.may_run_ahead:
+            return False
+        node = run.loaded.graph.node(str(run.statement_node))
+        return (
+            not node.result_name
+            and node.id not in run.loaded.graph.conditions
+            and self.sql.can_run_ahead(statement)
+        )
+
     async def _run_elsewhere(self, conns: Connections, run: _Run, statement: Statement) -> None:
         """Phases 2 and 3 for a fiber whose statement runs in another database: it commits
         there with a receipt before this transaction commits the checkpoint."""
@@ -517,7 +638,14 @@ class Executor:
         await self._carry_on(conns, run, batched=False)
 
     async def _start(
-        self, conns: Connections, row: Row, known: dict[str, Outcome] | None, *, batched: bool
+        self,
+        conns: Connections,
+        row: Row,
+        known: dict[str, Outcome] | None,
+        *,
+        batched: bool,
+        alone: bool,
+        ahead: bool,
     ) -> _Run | None:
         """Phase 1 for one fiber: decide, up to its statement if it has one. None: the fiber
         was dropped or its instance failed (already written)."""
@@ -558,7 +686,8 @@ class Executor:
             plan,
             Interpreter(ctx, fiber, plan),
             {} if known is None else known,
-            alone=known is not None,
+            alone=alone,
+            may_run_ahead=ahead and not alone,
         )
         node = loaded.graph.node(fiber.node_id)
         if "start" in fiber.state:

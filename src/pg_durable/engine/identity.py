@@ -58,6 +58,11 @@ MISSING_FUNCTION = "PDMIS"
 #: SQLSTATE of a step whose result went past max_result_bytes or max_result_rows; its message
 #: says which limit and what to do.
 RESULT_TOO_LARGE = "PDLIM"
+#: SQLSTATEs of a step sent with its checkpoint that the checkpoint must not follow: it failed
+#: (the DETAIL: its error as run_steps reports it, and the seconds it took), or its rows no
+#: longer have the columns it was described with.
+AHEAD_FAILED = "PDAHD"
+AHEAD_SHAPE_CHANGED = "PDAHS"
 AnyConn = psycopg.AsyncConnection[Any]
 _DESCRIBE_CACHE_SIZE = 4096
 # Serialises concurrent creation of one role's function by several workers.
@@ -232,11 +237,7 @@ class StepRunner:
         """Execute each (role, statement, returns rows) in the transaction open on ``conn``,
         in one round trip (df_exec.run_steps) — after the statements ``first``, in the same
         one. None for a step that did not run: the window had passed before its turn."""
-        payload = [
-            {"role": role.oid, "sql": text, "rows": rows, "settings": list(role.settings)}
-            for role, text, rows in steps
-        ]
-        run = (Jsonb(payload), window, self.max_result_bytes, self.max_result_rows)
+        run = (self._payload(steps), window, self.max_result_bytes, self.max_result_rows)
         *_, ran = await run_together(conn, [*first, (query("run_steps"), run)], tuple_row)
         results: list[StepRows | None] = [None] * len(steps)
         for index, rows, error, seconds in ran:
@@ -248,6 +249,31 @@ class StepRunner:
                 self.forget(steps[index][0])
             results[index] = StepRows([], StepFailure(failure["sqlstate"], failure["message"]), 0.0)
         return results
+
+    def run_ahead(self, role: Role, text: str, columns: int) -> Part:
+        """The statement that runs one step (a statement of ``columns`` columns, each of a type
+        whose row_to_json text is its result's) and keeps its result text for
+        df._with_step_result, in the round trip of its checkpoint; it raises AHEAD_FAILED or
+        AHEAD_SHAPE_CHANGED where the checkpoint must not follow."""
+        return (
+            query("step_ahead"),
+            {
+                "steps": self._payload([(role, text, columns > 0)]),
+                "columns": columns,
+                "max_bytes": self.max_result_bytes,
+                "max_rows": self.max_result_rows,
+            },
+        )
+
+    @staticmethod
+    def _payload(steps: Sequence[tuple[Role, str, bool]]) -> Jsonb:
+        """Steps as df_exec.run_steps takes them."""
+        return Jsonb(
+            [
+                {"role": role.oid, "sql": text, "rows": rows, "settings": list(role.settings)}
+                for role, text, rows in steps
+            ]
+        )
 
     async def run_autocommit(self, conn: AnyConn, role: Role, text: str) -> None:
         """Run one of the statements PostgreSQL refuses in a transaction block (the caller has

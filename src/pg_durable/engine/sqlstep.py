@@ -27,6 +27,7 @@ is rolled back and each of its steps runs again alone, under its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import OrderedDict
@@ -40,6 +41,7 @@ from psycopg.rows import DictRow, dict_row
 
 from pg_durable.engine.faults import transient
 from pg_durable.engine.identity import (
+    AHEAD_FAILED,
     MISSING_FUNCTION,
     RESULT_TOO_LARGE,
     Role,
@@ -51,7 +53,13 @@ from pg_durable.engine.identity import (
 from pg_durable.engine.roundtrip import Part, run_together
 from pg_durable.errors import ResultShapeChanged, StepError
 from pg_durable.graph.interpreter import Failed, Ok, Outcome
-from pg_durable.graph.sqlresult import SUPPORTED_TYPE_OIDS, Column, build_result, check_columns
+from pg_durable.graph.sqlresult import (
+    SUPPORTED_TYPE_OIDS,
+    Column,
+    build_result,
+    check_columns,
+    verbatim,
+)
 from pg_durable.graph.sqltext import needs_autocommit
 from pg_durable.queries import query
 
@@ -263,6 +271,46 @@ class SqlSteps:
             raise RunAlone from None
         except StepError as exc:
             return Failed(str(exc))
+
+    def can_run_ahead(self, statement: Statement) -> bool:
+        """Whether ``statement`` may go in the round trip of its checkpoint (the caller knows
+        that its success would only be recorded): it ran lately and quickly, in this database,
+        under no time limit of its own, and its rows are their own result text
+        (df._step_ahead makes that text on the server)."""
+        return (
+            statement.database is None
+            and statement.deadline is None
+            and statement.step_timeout == 0
+            and statement.role.statement_timeout is None
+            and verbatim(statement.columns)
+            and self.is_quick(statement.text)
+        )
+
+    def run_ahead(self, statement: Statement) -> Part:
+        """The statement that runs ``statement`` ahead of its checkpoint (can_run_ahead)."""
+        return self.runner.run_ahead(statement.role, statement.text, len(statement.columns))
+
+    def ran_ahead(self, statement: Statement, seconds: float) -> None:
+        """``statement`` ran ahead of its checkpoint and both committed, in ``seconds``."""
+        self._note_duration(statement.text, seconds)
+
+    def ahead_outcome(
+        self, statement: Statement, exc: psycopg.Error
+    ) -> tuple[Outcome, float] | None:
+        """What a statement run ahead of its checkpoint means for its step, and the seconds
+        it took, from the error that stopped the checkpoint (AHEAD_FAILED,
+        AHEAD_SHAPE_CHANGED; the caller has rolled back to the savepoint); None: it must run
+        again (described anew, say)."""
+        if exc.sqlstate != AHEAD_FAILED:  # its result changed shape since it was described
+            self.runner.invalidate(statement.role, statement.text)
+            return None
+        failure = json.loads(exc.diag.message_detail or "")
+        seconds = float(failure["seconds"])
+        result = StepRows([], StepFailure(failure["sqlstate"], failure["message"]), seconds)
+        try:
+            return self.outcome(statement, result, batched=False), seconds
+        except (RunAlone, NeedsAutocommit):
+            return None
 
     def _note_duration(self, text: str, seconds: float) -> None:
         key = hash(text)

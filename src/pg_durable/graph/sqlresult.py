@@ -136,7 +136,7 @@ def build_result(columns: Sequence[Column], rows: Sequence[str]) -> str:
 
 
 def _build(columns: Sequence[Column], rows: Sequence[str]) -> str:
-    if _verbatim(columns):
+    if verbatim(columns):
         for text in rows:
             got = orjson.loads(text)  # (one key per column: the names are distinct)
             if len(got) != len(columns):
@@ -154,7 +154,7 @@ def _build(columns: Sequence[Column], rows: Sequence[str]) -> str:
     return _dumps({"rows": out, "row_count": len(out)})
 
 
-def _verbatim(columns: Sequence[Column]) -> bool:
+def verbatim(columns: Sequence[Column]) -> bool:
     """Whether rows of ``columns`` are their own result text: each of a type in _VERBATIM,
     and no name twice (a duplicate keeps its first position and its last value)."""
     names = {c.name for c in columns}

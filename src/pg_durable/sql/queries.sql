@@ -52,6 +52,11 @@ SELECT scope, branch, root_node, outcome, results
 -- Returns the scopes whose plan was discarded because the fiber turned out to be stale.
 SELECT df._commit_steps(%(plans)s::jsonb) AS scope
 
+-- name: commit_steps_ahead
+-- commit_steps for a lone step sent in the same round trip (step_ahead): the plans are JSON
+-- text in which a marker stands for the step's result.
+SELECT df._commit_steps(df._with_step_result(%(plans)s, %(marker)s)) AS scope
+
 -- name: fail_instance
 SELECT df._fail_instance(%(instance_id)s, %(message)s)
 
@@ -99,6 +104,13 @@ SELECT df._next_run_at() AS seconds
 
 -- name: run_steps
 SELECT step, result_rows, error, seconds FROM df_exec.run_steps(%s, %s, %s, %s)
+
+-- name: step_ahead
+-- One step, followed in the same query string by its checkpoint (commit_steps_ahead): run as
+-- run_steps runs it (no window: it is the only one), then checked and its result text kept
+-- for the checkpoint by df._step_ahead, which raises where the checkpoint must not follow.
+SELECT df._step_ahead(result_rows, error, seconds, %(columns)s) AS seconds
+  FROM df_exec.run_steps(%(steps)s, 0, %(max_bytes)s, %(max_rows)s)
 
 -- name: signal_lock
 SELECT df._signal_lock(%(instance_id)s)

@@ -467,6 +467,57 @@ BEGIN
 END
 $$;
 
+-- A lone step sent with its checkpoint (engine/executor.py, _commit): when a step's success
+-- can only be recorded, not read — its result is not named, nor a condition — the worker
+-- sends its statement, its plans and COMMIT in one query string, a marker standing for the
+-- result in the plans. Called on the row df_exec.run_steps returned for that step (inside
+-- SAVEPOINT step): a failure, or rows with other columns than the worker described, raises —
+-- the string stops before the plans; the worker rolls back to the savepoint and records the
+-- step as it always does. Else the result text, as the worker makes it from rows of types
+-- whose row_to_json text is their value's (graph/sqlresult.py), is kept for
+-- df._with_step_result, in this transaction only. Returns the seconds the statement took.
+CREATE FUNCTION df._step_ahead(p_rows text[], p_error text, p_seconds float8, p_columns int)
+RETURNS float8 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_error IS NOT NULL THEN
+        RAISE EXCEPTION 'the step sent with its checkpoint failed'
+            USING ERRCODE = 'PDAHD',
+                  DETAIL = (p_error::jsonb || jsonb_build_object('seconds', p_seconds))::text;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(p_rows) r
+                WHERE (SELECT count(*) FROM jsonb_object_keys(r::jsonb)) <> p_columns) THEN
+        RAISE EXCEPTION 'the rows of the step sent with its checkpoint have other columns than described'
+            USING ERRCODE = 'PDAHS';
+    END IF;
+    -- (A setting set with is_local lasts until the transaction ends, past RELEASE SAVEPOINT.)
+    PERFORM set_config('pg_durable.step_result',
+                       '{"rows":[' || array_to_string(p_rows, ',') || '],"row_count":'
+                       || cardinality(p_rows) || '}',
+                       true);
+    RETURN p_seconds;
+END
+$$;
+
+-- The plans of a step sent with its checkpoint (p_plans: JSON text), with its result text,
+-- kept by df._step_ahead, where p_marker stands for it: as a JSON string "<marker>" where the
+-- plans hold the result as JSON (a node's stamp), and escaped inside a string where they hold
+-- it as text (the instance's output, a fiber's outcome).
+CREATE FUNCTION df._with_step_result(p_plans text, p_marker text) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_result text := current_setting('pg_durable.step_result', true);
+    v_quoted text;
+BEGIN
+    IF coalesce(v_result, '') = '' THEN
+        RAISE EXCEPTION 'df._with_step_result(): no step ran ahead in this transaction';
+    END IF;
+    PERFORM set_config('pg_durable.step_result', '', true);
+    v_quoted := to_json(v_result)::text;
+    RETURN replace(replace(p_plans, '\"' || p_marker || '\"', substr(v_quoted, 2, length(v_quoted) - 2)),
+                   '"' || p_marker || '"', v_result)::jsonb;
+END
+$$;
+
 -- When a WAIT_SCHEDULE node reached now waits until (15_cron.sql): {"at": <epoch seconds>},
 -- or {"error": <message>} — which fails the node, not the worker's transaction.
 CREATE FUNCTION df._schedule_tick(p_expr text) RETURNS jsonb
@@ -697,6 +748,8 @@ REVOKE ALL ON FUNCTION df._write_fibers(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_plan(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._apply_moves(jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._commit_steps(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._step_ahead(text[], text, float8, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION df._with_step_result(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim(int, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._next_run_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION df._claim_fibers(text[]) FROM PUBLIC;
