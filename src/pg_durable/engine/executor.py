@@ -20,6 +20,12 @@ slow step, before its effects commit. What a batch cannot record — a statement
 autocommit, two steps of one batch that deadlock, a statement that aborted the transaction —
 runs again alone (:meth:`Executor.run_single`).
 
+A fiber claimed alone skips phase 2 when its step's success can only be recorded (its result
+is neither named nor a condition's) and its statement is known to be quick: phase 3 runs with
+a marker for the result, and the statement goes in the round trip of the plans and COMMIT
+(:meth:`Executor._ahead_of`). If it fails, the plans do not follow: the transaction goes back
+to the savepoint before the statement and records the failure as phase 3 would have.
+
 An HTTP step never waits on the network inside a transaction: it runs alone, leases its fiber
 (for the request's timeout and a margin) and commits, sends its request, then claims the fiber
 again and records the response (:meth:`Executor.run_single`, engine/http.py).

@@ -291,7 +291,8 @@ class SqlSteps:
         return self.runner.run_ahead(statement.role, statement.text, len(statement.columns))
 
     def ran_ahead(self, statement: Statement, seconds: float) -> None:
-        """``statement`` ran ahead of its checkpoint and both committed, in ``seconds``."""
+        """``statement`` ran ahead of its checkpoint in ``seconds`` (inf: until a statement
+        timeout cancelled it — it runs as a slow statement from then on)."""
         self._note_duration(statement.text, seconds)
 
     def ahead_outcome(
