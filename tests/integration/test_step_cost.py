@@ -87,11 +87,13 @@ def _reads_per_step(
         before = _reads(conn)
         worker = start_worker(concurrency=4)
         deadline = time.monotonic() + 120
+        polled = 0  # rows the polls below read, by a sequential scan each: not the engine's
         while True:
             row = conn.execute(
                 "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FROM df.instances"
             ).fetchone()
             assert row is not None
+            polled += row[1]
             if row[0] == row[1]:
                 break
             assert time.monotonic() < deadline, f"{row[0]} of {row[1]} completed"
@@ -109,7 +111,7 @@ def _reads_per_step(
         conn.execute("SELECT pg_stat_clear_snapshot()")
         after = _reads(conn)
         steps = instances * _STEPS
-        return (after[0] - before[0]) / steps, (after[1] - before[1]) / steps
+        return (after[0] - before[0]) / steps, (after[1] - before[1] - polled) / steps
 
 
 def test_reads_per_step_do_not_grow_with_instances_in_flight(
@@ -118,7 +120,8 @@ def test_reads_per_step_do_not_grow_with_instances_in_flight(
     few, few_scanned = _reads_per_step(dsn, start_worker, 100)
     many, many_scanned = _reads_per_step(dsn, start_worker, 2_000)
     # Measured (2026-12-07): 38-39 blocks per step with 100 instances in flight, 42-43 with
-    # 2,000; 0.3 and 2-2.5 rows of sequential scans (the test's own polls). Before:
+    # 2,000; 0.3 and 2-2.5 rows of sequential scans (the test's own polls, not counted since)
+    # on a quiet machine. Before:
     # - with the running-instance check of df._commit_steps planned on idx_instances_status
     #   (until 2026-11-25): 1,034 blocks with 2,000;
     # - with df._apply_moves' UPDATE that marks instances running planned as a scan of
@@ -129,7 +132,12 @@ def test_reads_per_step_do_not_grow_with_instances_in_flight(
     # test_writing_fibers_reads_those_fibers_not_the_whole_table.)
     assert many < 150, f"{many:.0f} blocks per step with 2,000 instances in flight"
     assert many < 1.5 * few + 10, f"{few:.0f} blocks per step with 100, {many:.0f} with 2,000"
-    assert few_scanned < 10 and many_scanned < 10, (
+    # With 100 instances df.instances is a page or two, which a statement may rightly read by
+    # a sequential scan: with the machine's two cores busy, about two such scans a step were
+    # seen (96.7 rows a step, at 4ac90ec as well), against 0.3 rows on a quiet machine. What
+    # must not be is a scan the work in flight makes longer: with 2,000 instances, one scan of
+    # df.instances in a hundred steps would read 20 rows a step.
+    assert many_scanned < 10, (
         f"{few_scanned:.1f} and {many_scanned:.1f} rows of sequential scans of df tables per "
         "step with 100 and 2,000 instances in flight"
     )
