@@ -137,6 +137,8 @@ def build_result(columns: Sequence[Column], rows: Sequence[str]) -> str:
 
 def _build(columns: Sequence[Column], rows: Sequence[str]) -> str:
     if verbatim(columns):
+        # (df._step_ahead makes this same text, with this same check, on the server, for a
+        # step sent with its checkpoint: a change here is a change there.)
         for text in rows:
             got = orjson.loads(text)  # (one key per column: the names are distinct)
             if len(got) != len(columns):
